@@ -1,0 +1,87 @@
+//! Machine-readable lines for the host's run report.
+//!
+//! The manager tells the host what it found and did by printing lines of the form
+//! `REPORT {"section":"boot",...}` on the serial console, next to the human-readable log.
+//! The host runner (`tests/`) collects every such line into the run report JSON. Each line is
+//! one self-contained JSON object, so a truncated log loses lines, never the whole report.
+
+use core::fmt::{self, Write};
+
+/// Prefix the host looks for; keep in sync with `qemu_tests::report::REPORT_PREFIX`.
+pub const REPORT_PREFIX: &str = "REPORT ";
+
+/// Builds one JSON object and prints it as a single report line.
+pub struct Line {
+    buf: alloc::string::String,
+    first: bool,
+}
+
+impl Line {
+    pub fn new(section: &str) -> Self {
+        let mut l = Line { buf: alloc::string::String::with_capacity(128), first: true };
+        l.buf.push('{');
+        l.str("section", section);
+        l
+    }
+
+    fn key(&mut self, key: &str) {
+        if !self.first {
+            self.buf.push(',');
+        }
+        self.first = false;
+        write_json_str(&mut self.buf, key);
+        self.buf.push(':');
+    }
+
+    pub fn str(&mut self, key: &str, value: &str) -> &mut Self {
+        self.key(key);
+        write_json_str(&mut self.buf, value);
+        self
+    }
+
+    pub fn num(&mut self, key: &str, value: u64) -> &mut Self {
+        self.key(key);
+        let _ = write!(self.buf, "{value}");
+        self
+    }
+
+    pub fn bool(&mut self, key: &str, value: bool) -> &mut Self {
+        self.key(key);
+        self.buf.push_str(if value { "true" } else { "false" });
+        self
+    }
+
+    /// Inserts `value` verbatim; it must already be valid JSON (e.g. from another `Line`).
+    pub fn raw(&mut self, key: &str, value: &str) -> &mut Self {
+        self.key(key);
+        self.buf.push_str(value);
+        self
+    }
+
+    pub fn emit(&mut self) {
+        self.buf.push('}');
+        crate::serial::print(format_args!("{REPORT_PREFIX}{}\n", self.buf));
+    }
+}
+
+fn write_json_str(out: &mut alloc::string::String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Formats into a string (for values built from `Display` impls).
+pub fn fmt_string(args: fmt::Arguments) -> alloc::string::String {
+    let mut s = alloc::string::String::new();
+    let _ = s.write_fmt(args);
+    s
+}

@@ -1,0 +1,16 @@
+//! Pure platform logic for the multikernel manager.
+//!
+//! Everything here takes bytes and plain structs and returns typed results. Nothing touches
+//! hardware, and nothing names a bootloader or `x86_64` type in a signature, so the whole crate
+//! is tested on the host (`cargo test -p platform`) with synthetic and captured inputs. The
+//! manager kernel (`kernel/`) is the thin layer that feeds it real firmware data.
+#![cfg_attr(not(test), no_std)]
+#![deny(unsafe_code)]
+
+extern crate alloc;
+
+pub mod apic;
+pub mod frames;
+pub mod madt;
+pub mod memmap;
+pub mod partition;

@@ -1,0 +1,319 @@
+//! Running QEMU: the command line, console capture, a hard timeout, and the verdict.
+//!
+//! The serial console goes through QEMU's `stdio` character device. Without `--interactive`
+//! we read it from a pipe, copy it to the log file (and the terminal when echoing) as it
+//! arrives, and kill QEMU if no verdict came within the timeout. With `--interactive` the
+//! terminal is attached to the console and QEMU's own `logfile=` keeps the log.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::verdict::{self, Ending, Verdict};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+impl Firmware {
+    pub fn name(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    Tcg,
+    Kvm,
+}
+
+/// OVMF's two flash images: the read-only code and a template for the writable variables.
+#[derive(Clone, Debug)]
+pub struct Ovmf {
+    pub code: PathBuf,
+    pub vars_template: PathBuf,
+}
+
+/// Where distributions put OVMF (Debian/Ubuntu 4M builds first, then older names, Fedora).
+pub const OVMF_CANDIDATES: &[(&str, &str)] = &[
+    ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
+    ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
+    ("/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/edk2/ovmf/OVMF_VARS.fd"),
+];
+
+pub fn find_ovmf() -> Option<Ovmf> {
+    OVMF_CANDIDATES.iter().find(|(c, v)| Path::new(c).exists() && Path::new(v).exists()).map(
+        |(c, v)| Ovmf { code: PathBuf::from(c), vars_template: PathBuf::from(v) },
+    )
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub firmware: Firmware,
+    pub image: PathBuf,
+    pub smp: u32,
+    /// QEMU `-m` syntax, e.g. `512M`.
+    pub memory: String,
+    pub accel: Accel,
+    pub machine: String,
+    /// `-cpu` model; `None` leaves QEMU's default.
+    pub cpu: Option<String>,
+    /// Further QEMU arguments (extra devices, e.g. an IOMMU for x2APIC runs).
+    pub extra_args: Vec<String>,
+    pub timeout: Duration,
+    pub serial_log: PathBuf,
+    /// Required for `Firmware::Uefi`.
+    pub ovmf: Option<Ovmf>,
+    /// Scratch directory (the writable OVMF variables copy lives here).
+    pub work_dir: PathBuf,
+    /// Copy the console to our stdout as it arrives.
+    pub echo: bool,
+    /// Attach the terminal to the console (no timeout, no pipe).
+    pub interactive: bool,
+}
+
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// `-device isa-debug-exit,iobase=0xf4,iosize=0x04` (QEMU docs, "isa-debug-exit").
+pub const DEBUG_EXIT_DEVICE: &str = "isa-debug-exit,iobase=0xf4,iosize=0x04";
+
+impl Config {
+    /// The QEMU argument list (without the program name). Pure, so it is unit-tested.
+    pub fn args(&self, ovmf_vars: Option<&Path>) -> anyhow::Result<Vec<String>> {
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |s: &str| a.push(s.to_string());
+        push("-machine");
+        push(&self.machine);
+        push("-smp");
+        push(&self.smp.to_string());
+        push("-m");
+        push(&self.memory);
+        push("-accel");
+        push(match self.accel {
+            Accel::Tcg => "tcg",
+            Accel::Kvm => "kvm",
+        });
+        if let Some(cpu) = &self.cpu {
+            push("-cpu");
+            push(cpu);
+        }
+        push("-no-reboot");
+        push("-display");
+        push("none");
+        push("-monitor");
+        push("none");
+        push("-net");
+        push("none");
+        push("-device");
+        push(DEBUG_EXIT_DEVICE);
+        push("-chardev");
+        let log = self.serial_log.display();
+        if self.interactive {
+            push(&format!("stdio,id=console,signal=off,logfile={log}"));
+        } else {
+            push("stdio,id=console,signal=off");
+        }
+        push("-serial");
+        push("chardev:console");
+        if self.firmware == Firmware::Uefi {
+            let ovmf = self.ovmf.as_ref().context("UEFI runs need OVMF (see `find_ovmf`)")?;
+            let vars = ovmf_vars.context("UEFI runs need a writable OVMF variables file")?;
+            push("-drive");
+            push(&format!("if=pflash,format=raw,readonly=on,file={}", ovmf.code.display()));
+            push("-drive");
+            push(&format!("if=pflash,format=raw,file={}", vars.display()));
+        }
+        push("-drive");
+        push(&format!("format=raw,file={}", self.image.display()));
+        for x in &self.extra_args {
+            push(x);
+        }
+        Ok(a)
+    }
+}
+
+/// What one run produced.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub ending: Ending,
+    pub verdict: Verdict,
+    pub serial: String,
+    pub duration: Duration,
+    pub command: Vec<String>,
+}
+
+/// Boots `cfg.image` and waits (bounded) for the verdict.
+pub fn run(cfg: &Config) -> anyhow::Result<Outcome> {
+    if !cfg.image.exists() {
+        bail!("disk image {} does not exist (run `cargo xtask image`)", cfg.image.display());
+    }
+    std::fs::create_dir_all(&cfg.work_dir)
+        .with_context(|| format!("creating {}", cfg.work_dir.display()))?;
+    if let Some(parent) = cfg.serial_log.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let vars = match (&cfg.firmware, &cfg.ovmf) {
+        (Firmware::Uefi, Some(ovmf)) => {
+            let stem = cfg.serial_log.file_stem().and_then(|s| s.to_str()).unwrap_or("run");
+            let vars = cfg.work_dir.join(format!("{stem}-ovmf-vars.fd"));
+            std::fs::copy(&ovmf.vars_template, &vars).with_context(|| {
+                format!("copying OVMF variables {}", ovmf.vars_template.display())
+            })?;
+            Some(vars)
+        }
+        _ => None,
+    };
+    let args = cfg.args(vars.as_deref())?;
+    let mut command = vec![QEMU.to_string()];
+    command.extend(args.iter().cloned());
+
+    let start = Instant::now();
+    if cfg.interactive {
+        let status = Command::new(QEMU)
+            .args(&args)
+            .status()
+            .with_context(|| format!("starting {QEMU} (is QEMU installed?)"))?;
+        let serial = std::fs::read_to_string(&cfg.serial_log).unwrap_or_default();
+        let ending = status.code().map_or(Ending::Signalled, Ending::Exited);
+        let verdict = verdict::decide(&ending, &serial);
+        return Ok(Outcome { ending, verdict, serial, duration: start.elapsed(), command });
+    }
+
+    let mut child = Command::new(QEMU)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {QEMU} (is QEMU installed?)"))?;
+    let mut log = File::create(&cfg.serial_log)
+        .with_context(|| format!("creating {}", cfg.serial_log.display()))?;
+    let captured = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let mut stdout = child.stdout.take().context("QEMU stdout")?;
+    let sink = Arc::clone(&captured);
+    let echo = cfg.echo;
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let chunk = &buf[..n];
+                    let _ = log.write_all(chunk);
+                    if echo {
+                        let mut out = std::io::stdout().lock();
+                        let _ = out.write_all(chunk);
+                        let _ = out.flush();
+                    }
+                    sink.lock().expect("console buffer lock").extend_from_slice(chunk);
+                }
+            }
+        }
+    });
+    let mut stderr = child.stderr.take().context("QEMU stderr")?;
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+
+    let ending = loop {
+        if let Some(status) = child.try_wait()? {
+            break status.code().map_or(Ending::Signalled, Ending::Exited);
+        }
+        if start.elapsed() >= cfg.timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break Ending::TimedOut(cfg.timeout);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let duration = start.elapsed();
+    let _ = reader.join();
+    let qemu_stderr = err_reader.join().unwrap_or_default();
+    let serial = String::from_utf8_lossy(&captured.lock().expect("console buffer lock")).into_owned();
+    let mut verdict = verdict::decide(&ending, &serial);
+    if let Ending::Exited(code) = ending {
+        if code != verdict::EXIT_PASS && code != verdict::EXIT_FAIL && !qemu_stderr.trim().is_empty()
+        {
+            verdict.reason = format!("{}; QEMU said: {}", verdict.reason, qemu_stderr.trim());
+        }
+    }
+    Ok(Outcome { ending, verdict, serial, duration, command })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(firmware: Firmware) -> Config {
+        Config {
+            firmware,
+            image: "/img/bios.img".into(),
+            smp: 4,
+            memory: "512M".into(),
+            accel: Accel::Tcg,
+            machine: "q35".into(),
+            cpu: None,
+            extra_args: vec![],
+            timeout: Duration::from_secs(60),
+            serial_log: "/tmp/x/serial.log".into(),
+            ovmf: Some(Ovmf { code: "/o/CODE.fd".into(), vars_template: "/o/VARS.fd".into() }),
+            work_dir: "/tmp/x".into(),
+            echo: false,
+            interactive: false,
+        }
+    }
+
+    fn joined(a: &[String]) -> String {
+        a.join(" ")
+    }
+
+    #[test]
+    fn bios_command_line_has_exit_device_and_no_reboot() {
+        let a = joined(&cfg(Firmware::Bios).args(None).unwrap());
+        assert!(a.contains("-machine q35 -smp 4 -m 512M -accel tcg"), "{a}");
+        assert!(a.contains("-no-reboot"));
+        assert!(a.contains("-device isa-debug-exit,iobase=0xf4,iosize=0x04"));
+        assert!(a.contains("-drive format=raw,file=/img/bios.img"));
+        assert!(!a.contains("pflash"));
+    }
+
+    #[test]
+    fn uefi_command_line_uses_pflash_and_a_writable_vars_copy() {
+        let c = cfg(Firmware::Uefi);
+        assert!(c.args(None).is_err(), "UEFI without a vars copy must be refused");
+        let a = joined(&c.args(Some(Path::new("/tmp/x/vars.fd"))).unwrap());
+        assert!(a.contains("if=pflash,format=raw,readonly=on,file=/o/CODE.fd"), "{a}");
+        assert!(a.contains("if=pflash,format=raw,file=/tmp/x/vars.fd"));
+    }
+
+    #[test]
+    fn kvm_cpu_and_extra_args_are_passed() {
+        let mut c = cfg(Firmware::Bios);
+        c.accel = Accel::Kvm;
+        c.cpu = Some("qemu64,+x2apic".into());
+        c.extra_args = vec!["-device".into(), "intel-iommu".into()];
+        let a = joined(&c.args(None).unwrap());
+        assert!(a.contains("-accel kvm -cpu qemu64,+x2apic"), "{a}");
+        assert!(a.ends_with("-device intel-iommu"));
+    }
+
+    #[test]
+    fn interactive_mode_logs_through_qemu() {
+        let mut c = cfg(Firmware::Bios);
+        c.interactive = true;
+        let a = joined(&c.args(None).unwrap());
+        assert!(a.contains("logfile=/tmp/x/serial.log"), "{a}");
+    }
+}

@@ -1,0 +1,306 @@
+//! `cargo xtask`: the single entry point for building, imaging, booting and testing the
+//! multikernel manager.
+//!
+//! Every subcommand and flag documents itself (`cargo xtask help`, `cargo xtask run-qemu
+//! --help`). The host-side logic it uses lives in library crates (`tests/` for QEMU runs and
+//! scenarios, `platform/` and `loader/` for inspection), so xtask stays a thin command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use qemu_tests::qemu::{self, Accel, Firmware};
+use qemu_tests::report::{collect_sections, RunReport, REPORT_VERSION};
+use qemu_tests::scenarios::{self, KernelVariant};
+
+mod build;
+mod prereq;
+
+/// Build, boot and test the multikernel boot manager.
+#[derive(Parser, Debug)]
+#[command(name = "cargo xtask", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Build the manager (and the payloads, once there are any) for x86_64-unknown-none.
+    Build,
+    /// Build raw disk images (for QEMU or a USB stick) and print their paths.
+    Image {
+        /// Which firmware the image boots on.
+        #[arg(long, value_enum, default_value_t = FirmwareArg::Both)]
+        firmware: FirmwareArg,
+        /// Directory for the images.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Boot the manager under QEMU, stream its console, and end with a verdict.
+    ///
+    /// Exits 0 when the manager reports a pass, non-zero otherwise with a one-line reason.
+    /// Writes a JSON run report and prints its path as the last line.
+    RunQemu(RunArgs),
+    /// Run the whole suite: host tests, then the QEMU scenarios on BIOS and UEFI.
+    Test {
+        /// Only run QEMU scenarios whose name contains this text (host tests still run).
+        #[arg(long)]
+        filter: Option<String>,
+        /// Skip the host tests (`cargo test`).
+        #[arg(long)]
+        no_host: bool,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Firmware to boot with (UEFI uses OVMF).
+    #[arg(long, value_enum, default_value_t = RunFirmware::Bios)]
+    firmware: RunFirmware,
+    /// Number of CPUs (QEMU -smp).
+    #[arg(long, default_value_t = 4)]
+    smp: u32,
+    /// Guest memory in QEMU -m syntax (e.g. 512M, 2G).
+    #[arg(long, default_value = "512M")]
+    memory: String,
+    /// Kill QEMU and fail after this many seconds without a verdict.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    /// tcg (default; works everywhere) or kvm (faster where /dev/kvm works).
+    #[arg(long, value_enum, default_value_t = AccelArg::Tcg)]
+    accel: AccelArg,
+    /// QEMU machine type.
+    #[arg(long, default_value = "q35")]
+    machine: String,
+    /// QEMU CPU model (e.g. "qemu64,+x2apic"); QEMU's default when absent.
+    #[arg(long)]
+    cpu: Option<String>,
+    /// Attach this terminal to the manager's console (no timeout; quit QEMU with Ctrl-A X).
+    #[arg(long)]
+    interactive: bool,
+    /// Boot the manager built to panic on purpose (to see how a failure is reported).
+    #[arg(long, hide = true)]
+    selftest_panic: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum FirmwareArg {
+    Bios,
+    Uefi,
+    Both,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum RunFirmware {
+    Bios,
+    Uefi,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum AccelArg {
+    Tcg,
+    Kvm,
+}
+
+impl From<RunFirmware> for Firmware {
+    fn from(f: RunFirmware) -> Self {
+        match f {
+            RunFirmware::Bios => Firmware::Bios,
+            RunFirmware::Uefi => Firmware::Uefi,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Build => cmd_build(),
+        Cmd::Image { firmware, out } => cmd_image(firmware, out),
+        Cmd::RunQemu(args) => cmd_run_qemu(args),
+        Cmd::Test { filter, no_host } => cmd_test(filter.as_deref(), no_host),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn cmd_build() -> anyhow::Result<ExitCode> {
+    let kernel = build::build_kernel(KernelVariant::Qemu)?;
+    println!("{}", kernel.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_image(firmware: FirmwareArg, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    // Images for real machines: no QEMU exit port.
+    let kernel = build::build_kernel(KernelVariant::Usb)?;
+    let out = out.unwrap_or_else(|| build::target_dir().join("images"));
+    let firmwares: &[Firmware] = match firmware {
+        FirmwareArg::Bios => &[Firmware::Bios],
+        FirmwareArg::Uefi => &[Firmware::Uefi],
+        FirmwareArg::Both => &[Firmware::Bios, Firmware::Uefi],
+    };
+    for &fw in firmwares {
+        let path = build::build_image(&kernel, fw, &out, "multikernel")?;
+        println!("{}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A directory for one run's log, report and scratch files.
+fn run_dir(label: &str) -> anyhow::Result<PathBuf> {
+    let stamp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+    let dir = build::target_dir().join("runs").join(format!("{stamp}-{label}"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn cmd_run_qemu(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let firmware = Firmware::from(args.firmware);
+    let ovmf = prereq::ensure_qemu(firmware)?;
+    let variant =
+        if args.selftest_panic { KernelVariant::SelftestPanic } else { KernelVariant::Qemu };
+    let kernel = build::build_kernel(variant)?;
+    let image = build::build_image(
+        &kernel,
+        firmware,
+        &build::target_dir().join("images"),
+        &format!("qemu-{}", variant.name()),
+    )?;
+    let dir = run_dir(firmware.name())?;
+    let cfg = qemu::Config {
+        firmware,
+        image,
+        smp: args.smp,
+        memory: args.memory.clone(),
+        accel: match args.accel {
+            AccelArg::Tcg => Accel::Tcg,
+            AccelArg::Kvm => Accel::Kvm,
+        },
+        machine: args.machine.clone(),
+        cpu: args.cpu.clone(),
+        extra_args: vec![],
+        timeout: Duration::from_secs(args.timeout),
+        serial_log: dir.join("serial.log"),
+        ovmf,
+        work_dir: dir.clone(),
+        echo: true,
+        interactive: args.interactive,
+    };
+    eprintln!(
+        "xtask: booting {} on {} with -smp {} -m {} ({}), timeout {} s",
+        cfg.image.display(),
+        firmware.name(),
+        cfg.smp,
+        cfg.memory,
+        cfg.machine,
+        args.timeout
+    );
+    let outcome = qemu::run(&cfg)?;
+    let report_path = write_report(&cfg, &outcome, &dir)?;
+    if outcome.verdict.pass {
+        println!("\nrun-qemu: PASS: {}", outcome.verdict.reason);
+    } else {
+        println!("\nrun-qemu: FAIL: {}", outcome.verdict.reason);
+    }
+    println!("{}", report_path.display());
+    Ok(if outcome.verdict.pass { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn write_report(cfg: &qemu::Config, outcome: &qemu::Outcome, dir: &Path) -> anyhow::Result<PathBuf> {
+    let (sections, malformed_lines) = collect_sections(&outcome.serial);
+    let report = RunReport {
+        version: REPORT_VERSION,
+        firmware: cfg.firmware.name().into(),
+        smp: cfg.smp,
+        memory: cfg.memory.clone(),
+        machine: cfg.machine.clone(),
+        accel: format!("{:?}", cfg.accel).to_lowercase(),
+        result: if outcome.verdict.pass { "pass" } else { "fail" }.into(),
+        reason: outcome.verdict.reason.clone(),
+        serial_log: cfg.serial_log.display().to_string(),
+        duration_ms: outcome.duration.as_millis() as u64,
+        qemu_command: outcome.command.clone(),
+        sections,
+        malformed_lines,
+    };
+    let path = dir.join("report.json");
+    report.write(&path)?;
+    Ok(path)
+}
+
+fn cmd_test(filter: Option<&str>, no_host: bool) -> anyhow::Result<ExitCode> {
+    if !no_host {
+        println!("== host tests (cargo test)");
+        let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(build::root())
+            .arg("test")
+            .status()
+            .context("running cargo test")?;
+        if !status.success() {
+            println!("host tests failed; not running the QEMU scenarios");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    let selected: Vec<_> = scenarios::all()
+        .into_iter()
+        .filter(|s| filter.is_none_or(|f| s.name.contains(f)))
+        .collect();
+    println!("== QEMU scenarios ({} selected)", selected.len());
+    let mut kernels = std::collections::HashMap::new();
+    let mut images = std::collections::HashMap::new();
+    let (mut passed, mut failed) = (0, 0);
+    for s in &selected {
+        let ovmf = prereq::ensure_qemu(s.firmware)?;
+        if !kernels.contains_key(&s.kernel) {
+            kernels.insert(s.kernel, build::build_kernel(s.kernel)?);
+        }
+        let key = (s.kernel, s.firmware.name());
+        if !images.contains_key(&key) {
+            let img = build::build_image(
+                &kernels[&s.kernel],
+                s.firmware,
+                &build::target_dir().join("images"),
+                &format!("test-{}", s.kernel.name()),
+            )?;
+            images.insert(key, img);
+        }
+        let dir = run_dir(s.name)?;
+        let cfg = qemu::Config {
+            firmware: s.firmware,
+            image: images[&key].clone(),
+            smp: s.smp,
+            memory: s.memory.into(),
+            accel: Accel::Tcg,
+            machine: "q35".into(),
+            cpu: None,
+            extra_args: vec![],
+            timeout: Duration::from_secs(s.timeout_secs),
+            serial_log: dir.join("serial.log"),
+            ovmf,
+            work_dir: dir.clone(),
+            echo: false,
+            interactive: false,
+        };
+        let outcome = qemu::run(&cfg)?;
+        let report = write_report(&cfg, &outcome, &dir)?;
+        match (s.check)(&outcome) {
+            Ok(()) => {
+                passed += 1;
+                println!("PASS {} ({:.1} s)", s.name, outcome.duration.as_secs_f64());
+            }
+            Err(why) => {
+                failed += 1;
+                println!("FAIL {}: {why}\n     log: {}\n     report: {}", s.name, cfg.serial_log.display(), report.display());
+            }
+        }
+    }
+    println!("qemu: {passed} passed, {failed} failed");
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
