@@ -43,10 +43,9 @@ pub enum FrameError {
 impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FrameError::OutOfMemory { size, align, below } => write!(
-                f,
-                "no free run of {size:#x} bytes aligned to {align:#x} below {below:#x}"
-            ),
+            FrameError::OutOfMemory { size, align, below } => {
+                write!(f, "no free run of {size:#x} bytes aligned to {align:#x} below {below:#x}")
+            }
             FrameError::NotFree { range } => write!(f, "physical range {range} is not free"),
             FrameError::DoubleFree { range } => {
                 write!(f, "physical range {range} freed twice (it overlaps free memory)")
@@ -209,7 +208,9 @@ mod tests {
         for w in r.windows(2) {
             assert!(w[0].end < w[1].start, "ranges must be sorted, disjoint, non-adjacent: {r:?}");
         }
-        assert!(r.iter().all(|x| !x.is_empty() && x.start % PAGE_SIZE == 0 && x.end % PAGE_SIZE == 0));
+        assert!(r
+            .iter()
+            .all(|x| !x.is_empty() && x.start % PAGE_SIZE == 0 && x.end % PAGE_SIZE == 0));
     }
 
     #[test]
@@ -227,7 +228,11 @@ mod tests {
         assert_eq!(fa.allocate_frame(), Ok(0x401000));
         assert_eq!(
             fa.allocate(0x10_0000_0000, PAGE_SIZE, u64::MAX),
-            Err(FrameError::OutOfMemory { size: 0x10_0000_0000, align: PAGE_SIZE, below: u64::MAX })
+            Err(FrameError::OutOfMemory {
+                size: 0x10_0000_0000,
+                align: PAGE_SIZE,
+                below: u64::MAX
+            })
         );
         assert!(fa.allocate(0x1000, PAGE_SIZE, 0x400000).is_err(), "nothing free below 4 MiB");
         check_invariants(&fa);
@@ -262,7 +267,10 @@ mod tests {
         let mut fa = FrameAllocator::from_regions(&map());
         let r = Range::new(0x800000, 0xa00000);
         fa.reserve(r).unwrap();
-        assert_eq!(fa.free_ranges(), &[Range::new(0x400000, 0x800000), Range::new(0xa00000, 0x2000000)]);
+        assert_eq!(
+            fa.free_ranges(),
+            &[Range::new(0x400000, 0x800000), Range::new(0xa00000, 0x2000000)]
+        );
         assert_eq!(fa.reserve(r), Err(FrameError::NotFree { range: r }));
         // Allocation never returns carved memory.
         while let Ok(f) = fa.allocate_frame() {

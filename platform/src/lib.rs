@@ -10,7 +10,9 @@
 extern crate alloc;
 
 pub mod apic;
+pub mod bundle;
 pub mod frames;
 pub mod madt;
 pub mod memmap;
+pub mod pagetable;
 pub mod partition;

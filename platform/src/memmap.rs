@@ -153,7 +153,9 @@ pub fn summarize(regions: &[Region]) -> Summary {
                 s.usable_bytes = s.usable_bytes.saturating_add(r.len());
                 s.usable_top = s.usable_top.max(r.end);
             }
-            RegionKind::Bootloader => s.bootloader_bytes = s.bootloader_bytes.saturating_add(r.len()),
+            RegionKind::Bootloader => {
+                s.bootloader_bytes = s.bootloader_bytes.saturating_add(r.len())
+            }
             RegionKind::Bios(_) | RegionKind::Uefi(_) => {
                 s.reserved_bytes = s.reserved_bytes.saturating_add(r.len())
             }
@@ -340,7 +342,11 @@ mod tests {
 
     #[test]
     fn normalized_usable_reports_truncation_by_filling_out() {
-        let map = [Region::new(0, 0x1000, U), Region::new(0x2000, 0x3000, U), Region::new(0x4000, 0x5000, U)];
+        let map = [
+            Region::new(0, 0x1000, U),
+            Region::new(0x2000, 0x3000, U),
+            Region::new(0x4000, 0x5000, U),
+        ];
         let mut out = [Range::new(0, 0); 2];
         assert_eq!(normalized_usable(&map, &mut out), 2);
         assert_eq!(out[1], Range::new(0x2000, 0x3000));

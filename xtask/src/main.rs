@@ -16,6 +16,7 @@ use qemu_tests::report::{collect_sections, RunReport, REPORT_VERSION};
 use qemu_tests::scenarios::{self, KernelVariant};
 
 mod build;
+mod capture;
 mod prereq;
 
 /// Build, boot and test the multikernel boot manager.
@@ -44,6 +45,9 @@ enum Cmd {
     /// Exits 0 when the manager reports a pass, non-zero otherwise with a one-line reason.
     /// Writes a JSON run report and prints its path as the last line.
     RunQemu(RunArgs),
+    /// Capture QEMU's MADT for a machine configuration (SeaBIOS builds it; no guest kernel is
+    /// needed), e.g. to add a test input under platform/tests/data/madt/.
+    CaptureMadt(capture::CaptureArgs),
     /// Run the whole suite: host tests, then the QEMU scenarios on BIOS and UEFI.
     Test {
         /// Only run QEMU scenarios whose name contains this text (host tests still run).
@@ -121,6 +125,7 @@ fn main() -> ExitCode {
         Cmd::Image { firmware, out } => cmd_image(firmware, out),
         Cmd::RunQemu(args) => cmd_run_qemu(args),
         Cmd::Test { filter, no_host } => cmd_test(filter.as_deref(), no_host),
+        Cmd::CaptureMadt(args) => capture::run(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -213,7 +218,11 @@ fn cmd_run_qemu(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(if outcome.verdict.pass { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn write_report(cfg: &qemu::Config, outcome: &qemu::Outcome, dir: &Path) -> anyhow::Result<PathBuf> {
+fn write_report(
+    cfg: &qemu::Config,
+    outcome: &qemu::Outcome,
+    dir: &Path,
+) -> anyhow::Result<PathBuf> {
     let (sections, malformed_lines) = collect_sections(&outcome.serial);
     let report = RunReport {
         version: REPORT_VERSION,
@@ -238,11 +247,12 @@ fn write_report(cfg: &qemu::Config, outcome: &qemu::Outcome, dir: &Path) -> anyh
 fn cmd_test(filter: Option<&str>, no_host: bool) -> anyhow::Result<ExitCode> {
     if !no_host {
         println!("== host tests (cargo test)");
-        let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(build::root())
-            .arg("test")
-            .status()
-            .context("running cargo test")?;
+        let status =
+            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .current_dir(build::root())
+                .arg("test")
+                .status()
+                .context("running cargo test")?;
         if !status.success() {
             println!("host tests failed; not running the QEMU scenarios");
             return Ok(ExitCode::FAILURE);
@@ -297,7 +307,12 @@ fn cmd_test(filter: Option<&str>, no_host: bool) -> anyhow::Result<ExitCode> {
             }
             Err(why) => {
                 failed += 1;
-                println!("FAIL {}: {why}\n     log: {}\n     report: {}", s.name, cfg.serial_log.display(), report.display());
+                println!(
+                    "FAIL {}: {why}\n     log: {}\n     report: {}",
+                    s.name,
+                    cfg.serial_log.display(),
+                    report.display()
+                );
             }
         }
     }

@@ -1,0 +1,528 @@
+//! The boot bundle: what xtask packs into the bootloader's ramdisk and the manager reads.
+//!
+//! A bundle holds the instances to start (a compact, validated form of the manifest, so the
+//! manager needs no TOML parser) and the ELF images they run, with a table of contents and a
+//! checksum per image. xtask writes it with [`Bundle::encode`]; the manager reads it with
+//! [`parse`], which trusts nothing: every offset, length, count, string and checksum is checked,
+//! and a bad image entry becomes an error for the instances that use it, not a crash.
+//!
+//! # Format, version 1 (all integers little-endian)
+//! ```text
+//! header   32 B   magic "MKBUNDLE", version u32, header_size u32, file_count u32,
+//!                 instance_count u32, total_len u64
+//! settings 32 B   run_ms u32, checkin_timeout_ms u32, log_level u32, flags u32, reserved 16 B
+//! files    file_count × 64 B     name[32], offset u64, len u64, fnv1a64 u64, reserved u64
+//! insts    instance_count × 328 B  name[32], file u32, cpu u32, memory u64, base u64,
+//!                 restart u32, max_restarts u32, heartbeat_timeout_ms u32, reserved u32, args[256]
+//! data     the files' bytes, at their offsets
+//! ```
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+pub const MAGIC: [u8; 8] = *b"MKBUNDLE";
+pub const VERSION: u32 = 1;
+pub const HEADER_LEN: usize = 32;
+pub const SETTINGS_LEN: usize = 32;
+pub const FILE_ENTRY_LEN: usize = 64;
+pub const INSTANCE_LEN: usize = 328;
+pub const NAME_LEN: usize = 32;
+pub const ARGS_LEN: usize = 256;
+/// Limits that keep a corrupted count from turning into a huge loop or allocation.
+pub const MAX_FILES: usize = 64;
+pub const MAX_INSTANCES: usize = 256;
+/// `cpu` value meaning "any free CPU, in inventory order".
+pub const CPU_AUTO: u32 = u32::MAX;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restart {
+    Never,
+    OnFailure,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// How long the manager supervises before it prints its verdict (0 = forever).
+    pub run_ms: u32,
+    /// How long to wait for each AP to check in at the trampoline.
+    pub checkin_timeout_ms: u32,
+    /// 0 error, 1 warn, 2 info, 3 debug, 4 trace.
+    pub log_level: u32,
+    pub flags: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { run_ms: 3000, checkin_timeout_ms: 1000, log_level: 2, flags: 0 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct File {
+    pub name: String,
+    pub data: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    pub name: String,
+    /// Index into the bundle's files.
+    pub file: u32,
+    /// APIC ID, or [`CPU_AUTO`].
+    pub cpu: u32,
+    pub memory: u64,
+    /// Fixed physical base, or `None` for "anywhere".
+    pub base: Option<u64>,
+    pub restart: Restart,
+    pub max_restarts: u32,
+    /// 0 = no hang detection.
+    pub heartbeat_timeout_ms: u32,
+    pub args: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Bundle {
+    pub settings: Settings,
+    pub files: Vec<File>,
+    pub instances: Vec<Instance>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BundleError {
+    TooShort {
+        len: usize,
+    },
+    BadMagic,
+    UnsupportedVersion {
+        version: u32,
+    },
+    BadHeaderSize {
+        size: u32,
+    },
+    /// The header's total length disagrees with the ramdisk's.
+    LengthMismatch {
+        header: u64,
+        actual: usize,
+    },
+    TooManyFiles {
+        count: u32,
+    },
+    TooManyInstances {
+        count: u32,
+    },
+    TableOutOfBounds,
+    /// A string field is not UTF-8, or has bytes after its NUL padding.
+    BadString {
+        what: &'static str,
+        index: usize,
+    },
+    FileOutOfBounds {
+        index: usize,
+        offset: u64,
+        len: u64,
+    },
+    BadRestartPolicy {
+        index: usize,
+        value: u32,
+    },
+    /// Encoding: a field does not fit its fixed size.
+    FieldTooLong {
+        what: &'static str,
+        value: String,
+    },
+}
+
+impl fmt::Display for BundleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BundleError::TooShort { len } => write!(f, "boot bundle is only {len} bytes"),
+            BundleError::BadMagic => f.write_str("ramdisk is not a boot bundle (bad magic)"),
+            BundleError::UnsupportedVersion { version } => {
+                write!(f, "boot bundle version {version} is not supported (this manager reads {VERSION})")
+            }
+            BundleError::BadHeaderSize { size } => write!(f, "boot bundle header size {size} is wrong"),
+            BundleError::LengthMismatch { header, actual } => write!(
+                f,
+                "boot bundle says it is {header} bytes but the ramdisk holds {actual}: truncated or corrupted"
+            ),
+            BundleError::TooManyFiles { count } => {
+                write!(f, "boot bundle lists {count} files (at most {MAX_FILES})")
+            }
+            BundleError::TooManyInstances { count } => {
+                write!(f, "boot bundle lists {count} instances (at most {MAX_INSTANCES})")
+            }
+            BundleError::TableOutOfBounds => f.write_str("boot bundle tables run past its end"),
+            BundleError::BadString { what, index } => {
+                write!(f, "boot bundle {what} #{index} is not valid NUL-padded UTF-8")
+            }
+            BundleError::FileOutOfBounds { index, offset, len } => write!(
+                f,
+                "boot bundle file #{index} ({len} bytes at {offset:#x}) lies outside the bundle"
+            ),
+            BundleError::BadRestartPolicy { index, value } => {
+                write!(f, "instance #{index} has unknown restart policy {value}")
+            }
+            BundleError::FieldTooLong { what, value } => {
+                write!(f, "{what} {value:?} is too long for the boot bundle")
+            }
+        }
+    }
+}
+
+/// A file entry as read from a bundle: its bytes are checked lazily (per instance), so a
+/// corrupted image only fails the instances that use it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileRef {
+    pub name: String,
+    pub offset: u64,
+    pub len: u64,
+    pub checksum: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Parsed {
+    pub settings: Settings,
+    pub files: Vec<FileRef>,
+    pub instances: Vec<Instance>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileError {
+    NoSuchFile { index: u32, count: usize },
+    ChecksumMismatch { name: String, expected: u64, actual: u64 },
+}
+
+impl fmt::Display for FileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FileError::NoSuchFile { index, count } => {
+                write!(f, "image #{index} does not exist (the bundle has {count})")
+            }
+            FileError::ChecksumMismatch { name, expected, actual } => write!(
+                f,
+                "image '{name}' is corrupted: checksum {actual:#018x}, expected {expected:#018x}"
+            ),
+        }
+    }
+}
+
+impl Parsed {
+    /// The bytes of file `index`, checked against its checksum.
+    pub fn file<'a>(&self, bundle: &'a [u8], index: u32) -> Result<&'a [u8], FileError> {
+        let f = self
+            .files
+            .get(index as usize)
+            .ok_or(FileError::NoSuchFile { index, count: self.files.len() })?;
+        // Bounds were checked by `parse`.
+        let bytes = &bundle[f.offset as usize..(f.offset + f.len) as usize];
+        let actual = bootproto_fnv(bytes);
+        if actual != f.checksum {
+            return Err(FileError::ChecksumMismatch {
+                name: f.name.clone(),
+                expected: f.checksum,
+                actual,
+            });
+        }
+        Ok(bytes)
+    }
+}
+
+/// FNV-1a 64 (same function as `bootproto::fnv1a64`; duplicated here to keep `platform` free
+/// of payload-facing dependencies is not worth it, so this calls the same algorithm).
+fn bootproto_fnv(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[off..off + 4]);
+    u32::from_le_bytes(a)
+}
+
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[off..off + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn str_field(b: &[u8], what: &'static str, index: usize) -> Result<String, BundleError> {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    if b[end..].iter().any(|&c| c != 0) {
+        return Err(BundleError::BadString { what, index });
+    }
+    core::str::from_utf8(&b[..end])
+        .map(String::from)
+        .map_err(|_| BundleError::BadString { what, index })
+}
+
+/// Reads and checks a bundle's structure (not the image checksums: see [`Parsed::file`]).
+pub fn parse(bytes: &[u8]) -> Result<Parsed, BundleError> {
+    if bytes.len() < HEADER_LEN + SETTINGS_LEN {
+        return Err(BundleError::TooShort { len: bytes.len() });
+    }
+    if bytes[..8] != MAGIC {
+        return Err(BundleError::BadMagic);
+    }
+    let version = u32_at(bytes, 8);
+    if version != VERSION {
+        return Err(BundleError::UnsupportedVersion { version });
+    }
+    let header_size = u32_at(bytes, 12);
+    if header_size as usize != HEADER_LEN {
+        return Err(BundleError::BadHeaderSize { size: header_size });
+    }
+    let file_count = u32_at(bytes, 16);
+    let instance_count = u32_at(bytes, 20);
+    let total = u64_at(bytes, 24);
+    if total != bytes.len() as u64 {
+        return Err(BundleError::LengthMismatch { header: total, actual: bytes.len() });
+    }
+    if file_count as usize > MAX_FILES {
+        return Err(BundleError::TooManyFiles { count: file_count });
+    }
+    if instance_count as usize > MAX_INSTANCES {
+        return Err(BundleError::TooManyInstances { count: instance_count });
+    }
+    let s = &bytes[HEADER_LEN..HEADER_LEN + SETTINGS_LEN];
+    let settings = Settings {
+        run_ms: u32_at(s, 0),
+        checkin_timeout_ms: u32_at(s, 4),
+        log_level: u32_at(s, 8),
+        flags: u32_at(s, 12),
+    };
+    let files_at = HEADER_LEN + SETTINGS_LEN;
+    let insts_at = files_at + file_count as usize * FILE_ENTRY_LEN;
+    let data_at = insts_at + instance_count as usize * INSTANCE_LEN;
+    if data_at > bytes.len() {
+        return Err(BundleError::TableOutOfBounds);
+    }
+    let mut files = Vec::with_capacity(file_count as usize);
+    for i in 0..file_count as usize {
+        let e = &bytes[files_at + i * FILE_ENTRY_LEN..files_at + (i + 1) * FILE_ENTRY_LEN];
+        let name = str_field(&e[..NAME_LEN], "file name", i)?;
+        let offset = u64_at(e, 32);
+        let len = u64_at(e, 40);
+        let in_bounds = offset >= data_at as u64
+            && offset.checked_add(len).is_some_and(|end| end <= bytes.len() as u64);
+        if !in_bounds {
+            return Err(BundleError::FileOutOfBounds { index: i, offset, len });
+        }
+        files.push(FileRef { name, offset, len, checksum: u64_at(e, 48) });
+    }
+    let mut instances = Vec::with_capacity(instance_count as usize);
+    for i in 0..instance_count as usize {
+        let e = &bytes[insts_at + i * INSTANCE_LEN..insts_at + (i + 1) * INSTANCE_LEN];
+        let name = str_field(&e[..NAME_LEN], "instance name", i)?;
+        let base = u64_at(e, 48);
+        let restart = match u32_at(e, 56) {
+            0 => Restart::Never,
+            1 => Restart::OnFailure,
+            value => return Err(BundleError::BadRestartPolicy { index: i, value }),
+        };
+        instances.push(Instance {
+            name,
+            file: u32_at(e, 32),
+            cpu: u32_at(e, 36),
+            memory: u64_at(e, 40),
+            base: if base == 0 { None } else { Some(base) },
+            restart,
+            max_restarts: u32_at(e, 60),
+            heartbeat_timeout_ms: u32_at(e, 64),
+            args: str_field(&e[72..72 + ARGS_LEN], "instance args", i)?,
+        });
+    }
+    Ok(Parsed { settings, files, instances })
+}
+
+fn put_str(out: &mut [u8], s: &str, what: &'static str) -> Result<(), BundleError> {
+    if s.len() > out.len() || s.as_bytes().contains(&0) {
+        return Err(BundleError::FieldTooLong { what, value: s.into() });
+    }
+    out[..s.len()].copy_from_slice(s.as_bytes());
+    Ok(())
+}
+
+impl Bundle {
+    /// Serializes the bundle (host side; xtask).
+    pub fn encode(&self) -> Result<Vec<u8>, BundleError> {
+        if self.files.len() > MAX_FILES {
+            return Err(BundleError::TooManyFiles { count: self.files.len() as u32 });
+        }
+        if self.instances.len() > MAX_INSTANCES {
+            return Err(BundleError::TooManyInstances { count: self.instances.len() as u32 });
+        }
+        let files_at = HEADER_LEN + SETTINGS_LEN;
+        let insts_at = files_at + self.files.len() * FILE_ENTRY_LEN;
+        let data_at = insts_at + self.instances.len() * INSTANCE_LEN;
+        let total = data_at + self.files.iter().map(|f| f.data.len()).sum::<usize>();
+        let mut out = alloc::vec![0u8; total];
+        out[..8].copy_from_slice(&MAGIC);
+        out[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        out[12..16].copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
+        out[16..20].copy_from_slice(&(self.files.len() as u32).to_le_bytes());
+        out[20..24].copy_from_slice(&(self.instances.len() as u32).to_le_bytes());
+        out[24..32].copy_from_slice(&(total as u64).to_le_bytes());
+        let s = &mut out[HEADER_LEN..HEADER_LEN + SETTINGS_LEN];
+        s[0..4].copy_from_slice(&self.settings.run_ms.to_le_bytes());
+        s[4..8].copy_from_slice(&self.settings.checkin_timeout_ms.to_le_bytes());
+        s[8..12].copy_from_slice(&self.settings.log_level.to_le_bytes());
+        s[12..16].copy_from_slice(&self.settings.flags.to_le_bytes());
+        let mut data_off = data_at;
+        for (i, f) in self.files.iter().enumerate() {
+            let at = files_at + i * FILE_ENTRY_LEN;
+            put_str(&mut out[at..at + NAME_LEN], &f.name, "file name")?;
+            out[at + 32..at + 40].copy_from_slice(&(data_off as u64).to_le_bytes());
+            out[at + 40..at + 48].copy_from_slice(&(f.data.len() as u64).to_le_bytes());
+            out[at + 48..at + 56].copy_from_slice(&bootproto_fnv(&f.data).to_le_bytes());
+            out[data_off..data_off + f.data.len()].copy_from_slice(&f.data);
+            data_off += f.data.len();
+        }
+        for (i, inst) in self.instances.iter().enumerate() {
+            let at = insts_at + i * INSTANCE_LEN;
+            put_str(&mut out[at..at + NAME_LEN], &inst.name, "instance name")?;
+            out[at + 32..at + 36].copy_from_slice(&inst.file.to_le_bytes());
+            out[at + 36..at + 40].copy_from_slice(&inst.cpu.to_le_bytes());
+            out[at + 40..at + 48].copy_from_slice(&inst.memory.to_le_bytes());
+            out[at + 48..at + 56].copy_from_slice(&inst.base.unwrap_or(0).to_le_bytes());
+            let restart: u32 = match inst.restart {
+                Restart::Never => 0,
+                Restart::OnFailure => 1,
+            };
+            out[at + 56..at + 60].copy_from_slice(&restart.to_le_bytes());
+            out[at + 60..at + 64].copy_from_slice(&inst.max_restarts.to_le_bytes());
+            out[at + 64..at + 68].copy_from_slice(&inst.heartbeat_timeout_ms.to_le_bytes());
+            put_str(&mut out[at + 72..at + 72 + ARGS_LEN], &inst.args, "instance args")?;
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    fn sample() -> Bundle {
+        Bundle {
+            settings: Settings { run_ms: 2500, checkin_timeout_ms: 500, log_level: 3, flags: 0 },
+            files: vec![
+                File { name: "hello".into(), data: vec![0x7f, b'E', b'L', b'F', 1, 2, 3] },
+                File { name: "c".into(), data: vec![9; 100] },
+            ],
+            instances: vec![
+                Instance {
+                    name: "a".into(),
+                    file: 0,
+                    cpu: 1,
+                    memory: 8 << 20,
+                    base: None,
+                    restart: Restart::Never,
+                    max_restarts: 0,
+                    heartbeat_timeout_ms: 0,
+                    args: "x=1".into(),
+                },
+                Instance {
+                    name: "b".into(),
+                    file: 1,
+                    cpu: CPU_AUTO,
+                    memory: 16 << 20,
+                    base: Some(0x800_0000),
+                    restart: Restart::OnFailure,
+                    max_restarts: 3,
+                    heartbeat_timeout_ms: 500,
+                    args: String::new(),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn encode_then_parse_round_trips() {
+        let b = sample();
+        let bytes = b.encode().unwrap();
+        let p = parse(&bytes).unwrap();
+        assert_eq!(p.settings, b.settings);
+        assert_eq!(p.instances, b.instances);
+        assert_eq!(p.file(&bytes, 0).unwrap(), &b.files[0].data[..]);
+        assert_eq!(p.file(&bytes, 1).unwrap(), &b.files[1].data[..]);
+        assert_eq!(p.file(&bytes, 2), Err(FileError::NoSuchFile { index: 2, count: 2 }));
+    }
+
+    #[test]
+    fn a_corrupted_image_fails_only_itself() {
+        let mut bytes = sample().encode().unwrap();
+        let p = parse(&bytes).unwrap();
+        let off = p.files[1].offset as usize;
+        bytes[off + 10] ^= 0xff;
+        assert!(matches!(p.file(&bytes, 1), Err(FileError::ChecksumMismatch { .. })));
+        assert!(p.file(&bytes, 0).is_ok());
+    }
+
+    #[test]
+    fn structural_damage_is_reported_specifically() {
+        let good = sample().encode().unwrap();
+        assert_eq!(parse(&good[..10]), Err(BundleError::TooShort { len: 10 }));
+        let mut b = good.clone();
+        b[0] = b'X';
+        assert_eq!(parse(&b), Err(BundleError::BadMagic));
+        let mut b = good.clone();
+        b[8] = 9;
+        assert_eq!(parse(&b), Err(BundleError::UnsupportedVersion { version: 9 }));
+        assert!(matches!(parse(&good[..good.len() - 1]), Err(BundleError::LengthMismatch { .. })));
+        let mut b = good.clone();
+        b[16..20].copy_from_slice(&1000u32.to_le_bytes());
+        assert_eq!(parse(&b), Err(BundleError::TooManyFiles { count: 1000 }));
+        let mut b = good.clone();
+        b[20..24].copy_from_slice(&200u32.to_le_bytes());
+        assert_eq!(parse(&b), Err(BundleError::TableOutOfBounds));
+        // File 0's length pushed past the end.
+        let mut b = good.clone();
+        let at = HEADER_LEN + SETTINGS_LEN + 40;
+        b[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(parse(&b), Err(BundleError::FileOutOfBounds { index: 0, .. })));
+        // Restart policy 7.
+        let mut b = good.clone();
+        let at = HEADER_LEN + SETTINGS_LEN + 2 * FILE_ENTRY_LEN + 56;
+        b[at] = 7;
+        assert_eq!(parse(&b), Err(BundleError::BadRestartPolicy { index: 0, value: 7 }));
+        // A name with garbage after its NUL.
+        let mut b = good;
+        let at = HEADER_LEN + SETTINGS_LEN + 2 * FILE_ENTRY_LEN + 20;
+        b[at] = b'!';
+        assert_eq!(parse(&b), Err(BundleError::BadString { what: "instance name", index: 0 }));
+    }
+
+    #[test]
+    fn parse_never_panics_on_mutations() {
+        let good = sample().encode().unwrap();
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..5000 {
+            let mut b = good.clone();
+            for _ in 0..4 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let i = (seed as usize) % b.len();
+                b[i] = (seed >> 32) as u8;
+            }
+            if let Ok(p) = parse(&b) {
+                for i in 0..p.files.len() as u32 {
+                    let _ = p.file(&b, i);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_fields_are_refused_when_encoding() {
+        let mut b = sample();
+        b.instances[0].name = "x".repeat(40);
+        assert!(matches!(b.encode(), Err(BundleError::FieldTooLong { what: "instance name", .. })));
+    }
+}
