@@ -12,8 +12,12 @@
 
 extern crate alloc;
 
+mod acpi;
 mod heap;
+mod instances;
+mod lapic;
 mod memory;
+mod physmem;
 mod qemu;
 mod report;
 mod serial;
@@ -97,8 +101,181 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     #[cfg(feature = "selftest-panic")]
     panic!("self-test: the manager panics on purpose");
 
+    let mut lapic = lapic::Lapic::bsp(phys_offset);
+    let inventory = discover_cpus(&lapic, rsdp, phys_offset);
     log::info!("manager: boot complete");
-    qemu::finish(qemu::Verdict::Pass)
+
+    let bundle = ramdisk.map(|virt| {
+        let len = boot_info.ramdisk_len as usize;
+        // SAFETY: the bootloader mapped the ramdisk's `ramdisk_len` bytes at `ramdisk_addr`
+        // for the kernel's lifetime and nothing writes it.
+        unsafe { core::slice::from_raw_parts(virt as *const u8, len) }
+    });
+    let Some(bundle_bytes) = bundle else {
+        log::info!("bundle: no ramdisk, so no instances to start");
+        qemu::finish(qemu::Verdict::Pass)
+    };
+    let parsed = match platform::bundle::parse(bundle_bytes) {
+        Ok(p) => p,
+        Err(e) => {
+            log::error!("bundle: {e}");
+            qemu::finish(qemu::Verdict::Fail)
+        }
+    };
+    log::info!(
+        "bundle: {} images, {} instances, supervise for {} ms",
+        parsed.files.len(),
+        parsed.instances.len(),
+        parsed.settings.run_ms
+    );
+
+    let mut protected = alloc::vec::Vec::new();
+    let mut protect = |label: &str, virt: u64, len: u64| {
+        for r in memory::phys_runs(virt, len) {
+            protected.push(platform::partition::Protected::new(label, r.start, r.end));
+        }
+    };
+    let (heap_start, heap_end) = heap::arena_virt();
+    protect("heap", heap_start, heap_end - heap_start);
+    protect("stack", boot_info.kernel_stack_bottom, boot_info.kernel_stack_len);
+    protect("boot info", core::ptr::addr_of!(*boot_info) as u64, 4096);
+    if let Some(r) = ramdisk {
+        protect("ramdisk", r, boot_info.ramdisk_len);
+    }
+    protected.push(platform::partition::Protected::new(
+        "image",
+        boot_info.kernel_addr,
+        boot_info.kernel_addr + boot_info.kernel_len,
+    ));
+
+    let cpu = cpu_facts();
+    let machine = instances::Machine {
+        regions: &regions,
+        protected,
+        inventory: inventory.as_ref(),
+        lapic: &mut lapic,
+        rsdp: rsdp.unwrap_or(0),
+        nx: cpu.nx,
+        init_delay: platform::apstart::init_delay_needed(cpu.vendor, cpu.family, cpu.hypervisor),
+    };
+    let result = instances::run(machine, bundle_bytes, &parsed);
+    let all_running = result.iter().all(|i| i.state == instances::State::Running);
+    if all_running {
+        log::info!("manager: all {} instances running", result.len());
+        qemu::finish(qemu::Verdict::Pass)
+    }
+    for i in result.iter().filter(|i| i.state != instances::State::Running) {
+        log::error!("manager: FAIL: instance '{}' is {}{}{}", i.name, i.state.name(),
+            if i.reason.is_empty() { "" } else { ": " }, i.reason);
+    }
+    qemu::finish(qemu::Verdict::Fail)
+}
+
+struct CpuFacts {
+    vendor: platform::apstart::Vendor,
+    family: u32,
+    hypervisor: bool,
+    nx: bool,
+    x2apic: bool,
+}
+
+fn cpu_facts() -> CpuFacts {
+    use core::arch::x86_64::__cpuid;
+    // CPUID leaves 0, 1 and 8000_0000h exist on every x86_64 CPU.
+    let l0 = __cpuid(0);
+    let l1 = __cpuid(1);
+    let max_ext = __cpuid(0x8000_0000).eax;
+    let ext1 = if max_ext >= 0x8000_0001 {
+        __cpuid(0x8000_0001).edx
+    } else {
+        0
+    };
+    let base_family = (l1.eax >> 8) & 0xF;
+    // SDM Vol. 2A, CPUID leaf 01H: family = base + extended when base is 0Fh.
+    let family = if base_family == 0xF { base_family + ((l1.eax >> 20) & 0xFF) } else { base_family };
+    CpuFacts {
+        vendor: platform::apstart::Vendor::from_cpuid(l0.ebx, l0.edx, l0.ecx),
+        family,
+        // CPUID.1:ECX bit 31, "hypervisor present".
+        hypervisor: l1.ecx & (1 << 31) != 0,
+        // CPUID.80000001h:EDX bit 20, execute-disable.
+        nx: ext1 & (1 << 20) != 0,
+        x2apic: platform::apic::x2apic_supported(l1.ecx),
+    }
+}
+
+/// Reads the MADT, marks the BSP, prints the inventory; `None` if there is no usable MADT.
+fn discover_cpus(
+    lapic: &lapic::Lapic,
+    rsdp: Option<u64>,
+    phys_offset: u64,
+) -> Option<platform::madt::Inventory> {
+    let facts = cpu_facts();
+    log::info!(
+        "apic: {:?} mode, base {:#x}, x2APIC {}supported",
+        lapic.base.mode,
+        lapic.base.base,
+        if facts.x2apic { "" } else { "not " }
+    );
+    report::Line::new("apic")
+        .str("mode", &report::fmt_string(format_args!("{:?}", lapic.base.mode)))
+        .num("base", lapic.base.base)
+        .bool("x2apic_supported", facts.x2apic)
+        .emit();
+    let bytes = match acpi::madt_bytes(rsdp, phys_offset) {
+        Ok(b) => b,
+        Err(e) => {
+            log::error!("acpi: {e}");
+            return None;
+        }
+    };
+    let mut inv = match platform::madt::parse(&bytes) {
+        Ok(inv) => inv,
+        Err(e) => {
+            log::error!("acpi: MADT refused: {e}");
+            return None;
+        }
+    };
+    let bsp = lapic.id();
+    match bsp.map(|id| inv.mark_bsp(id)) {
+        Some(Ok(())) => {}
+        Some(Err(e)) => log::error!("acpi: {e}"),
+        None => log::error!("apic: the BSP's local APIC is disabled; its ID is unknown"),
+    }
+    for n in &inv.notes {
+        log::warn!("acpi: {n}");
+    }
+    println!("{:>5} {:>8} {:>7} {:>8} {:>14} {:<4}", "uid", "apic_id", "kind", "enabled", "online-capable", "role");
+    let mut items = alloc::string::String::from("[");
+    for (i, c) in inv.cpus.iter().enumerate() {
+        let kind = match c.kind {
+            platform::madt::CpuKind::Lapic => "lapic",
+            platform::madt::CpuKind::X2apic => "x2apic",
+        };
+        let role = if c.bsp { "BSP" } else if c.startable() { "AP" } else { "-" };
+        println!("{:>5} {:>8} {:>7} {:>8} {:>14} {:<4}", c.uid, c.apic_id, kind, c.enabled, c.online_capable, role);
+        if i > 0 {
+            items.push(',');
+        }
+        let mut l = report::Line::object();
+        l.num("uid", c.uid as u64)
+            .num("apic_id", c.apic_id as u64)
+            .bool("enabled", c.enabled)
+            .bool("online_capable", c.online_capable)
+            .str("kind", kind)
+            .bool("bsp", c.bsp);
+        items.push_str(&l.finish());
+    }
+    items.push(']');
+    log::info!(
+        "acpi: {} CPUs ({} startable APs), {} IO APICs, local APIC at {:#x}",
+        inv.cpus.len(),
+        inv.startable_cpus().count(),
+        inv.io_apics.len(),
+        inv.local_apic_address
+    );
+    report::Line::new("cpus").raw("items", &items).emit();
+    Some(inv)
 }
 
 #[panic_handler]

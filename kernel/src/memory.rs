@@ -57,3 +57,23 @@ pub fn virt_to_phys(virt: u64) -> Option<u64> {
     let table = unsafe { OffsetPageTable::new(l4, offset) };
     table.translate_addr(VirtAddr::new(virt)).map(|p| p.as_u64())
 }
+
+/// The physical ranges behind a virtual range of the manager's address space, merged where
+/// they are contiguous (pages the bootloader mapped one frame at a time need not be).
+pub fn phys_runs(virt: u64, len: u64) -> Vec<platform::memmap::Range> {
+    use platform::memmap::{align_down, Range, PAGE_SIZE};
+    let mut runs: Vec<Range> = Vec::new();
+    let mut page = align_down(virt, PAGE_SIZE);
+    let end = virt.saturating_add(len);
+    while page < end {
+        if let Some(p) = virt_to_phys(page) {
+            let p = align_down(p, PAGE_SIZE);
+            match runs.last_mut() {
+                Some(last) if last.end == p => last.end = p + PAGE_SIZE,
+                _ => runs.push(Range::new(p, p + PAGE_SIZE)),
+            }
+        }
+        page += PAGE_SIZE;
+    }
+    runs
+}

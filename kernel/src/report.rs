@@ -18,10 +18,22 @@ pub struct Line {
 
 impl Line {
     pub fn new(section: &str) -> Self {
-        let mut l = Line { buf: alloc::string::String::with_capacity(128), first: true };
-        l.buf.push('{');
+        let mut l = Line::object();
         l.str("section", section);
         l
+    }
+
+    /// A plain JSON object, to nest inside a line with [`Line::raw`].
+    pub fn object() -> Self {
+        let mut l = Line { buf: alloc::string::String::with_capacity(128), first: true };
+        l.buf.push('{');
+        l
+    }
+
+    /// Closes the object and returns its text.
+    pub fn finish(&mut self) -> alloc::string::String {
+        self.buf.push('}');
+        core::mem::take(&mut self.buf)
     }
 
     fn key(&mut self, key: &str) {

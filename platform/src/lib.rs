@@ -10,6 +10,7 @@
 extern crate alloc;
 
 pub mod apic;
+pub mod apstart;
 pub mod bundle;
 pub mod frames;
 pub mod madt;

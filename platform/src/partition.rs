@@ -107,7 +107,14 @@ pub struct PlanRequest {
     pub instances: Vec<InstanceRequest>,
     /// Bytes of page-table pool below 4 GiB, rounded up to whole pages; 0 for none.
     pub page_table_pool: u64,
+    /// Contiguous 4 KiB trampoline pages below 1 MiB: one per instance, so every AP has its
+    /// own start-up page and all can be started at once. 0 is taken as 1; at most
+    /// [`MAX_TRAMPOLINE_PAGES`].
+    pub trampoline_pages: u64,
 }
+
+/// Upper bound on trampoline pages (low memory is small; 64 instances is plenty for one plan).
+pub const MAX_TRAMPOLINE_PAGES: u64 = 64;
 
 /// Who a region of the plan belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -336,7 +343,7 @@ impl fmt::Display for PlanError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PlanError::NoTrampolinePage => {
-                f.write_str("no usable 4 KiB page below 1 MiB for the AP trampoline")
+                f.write_str("no usable run of 4 KiB pages below 1 MiB for the AP trampolines (one per instance)")
             }
             PlanError::NoRoomForPageTablePool { size, largest } => {
                 write!(f, "the page-table pool needs {} below 4 GiB", Size(*size))?;
@@ -642,10 +649,11 @@ pub fn plan(
         }
     }
 
-    // (2) The trampoline: a free page in [4 KiB, 1 MiB).
-    let tramp = first_fit(&planner.free, TRAMPOLINE_SIZE, PAGE_SIZE, PAGE_SIZE, LOW_MEMORY_END)
+    // (2) The trampoline pages: a free run in [4 KiB, 1 MiB).
+    let tramp_size = request.trampoline_pages.clamp(1, MAX_TRAMPOLINE_PAGES) * TRAMPOLINE_SIZE;
+    let tramp = first_fit(&planner.free, tramp_size, PAGE_SIZE, PAGE_SIZE, LOW_MEMORY_END)
         .ok_or(PlanError::NoTrampolinePage)?;
-    planner.carve(Owner::Trampoline, Range::new(tramp, tramp + TRAMPOLINE_SIZE));
+    planner.carve(Owner::Trampoline, Range::new(tramp, tramp + tramp_size));
 
     // (3) The page-table pool, between 1 MiB and 4 GiB.
     if request.page_table_pool > 0 {

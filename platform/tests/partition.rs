@@ -41,7 +41,7 @@ fn protected() -> Vec<Protected> {
 }
 
 fn request(instances: Vec<InstanceRequest>) -> PlanRequest {
-    PlanRequest { instances, page_table_pool: 64 * 4096 }
+    PlanRequest { instances, page_table_pool: 64 * 4096, trampoline_pages: 1 }
 }
 
 fn refusal(p: &Plan, name: &str) -> InstanceProblem {
@@ -83,7 +83,8 @@ fn check_plan(map: &[Region], prot: &[Protected], req: &PlanRequest, p: &Plan) {
         }
         match &c.owner {
             Owner::Trampoline => {
-                assert!(r.start >= PAGE_SIZE && r.end <= 0x100000 && r.len() == PAGE_SIZE)
+                let pages = req.trampoline_pages.clamp(1, 64);
+                assert!(r.start >= PAGE_SIZE && r.end <= 0x100000 && r.len() == pages * PAGE_SIZE)
             }
             Owner::PageTablePool => {
                 assert!(r.start >= 0x100000 && r.end <= PAGE_TABLE_POOL_LIMIT);
@@ -322,6 +323,7 @@ fn no_room_names_the_largest_free_run() {
     let req = PlanRequest {
         instances: vec![InstanceRequest::new("x", 512 * MIB), InstanceRequest::new("y", 100 * MIB)],
         page_table_pool: 0,
+        trampoline_pages: 1,
     };
     let p = plan(&map, &[], &req).unwrap();
     assert_eq!(
@@ -354,7 +356,7 @@ fn trampoline_is_chosen_from_the_map() {
     let map = vec![Region::new(0, 0x1000, U), Region::new(0x400000, 0x800000, U)];
     let err = plan(&map, &[], &request(vec![])).unwrap_err();
     assert_eq!(err, PlanError::NoTrampolinePage);
-    assert_eq!(err.to_string(), "no usable 4 KiB page below 1 MiB for the AP trampoline");
+    assert_eq!(err.to_string(), "no usable run of 4 KiB pages below 1 MiB for the AP trampolines (one per instance)");
     // Sub-page usable fragments do not count either.
     let map = vec![Region::new(0x1800, 0x2800, U), Region::new(0x400000, 0x800000, U)];
     assert_eq!(plan(&map, &[], &request(vec![])), Err(PlanError::NoTrampolinePage));
@@ -369,11 +371,11 @@ fn page_table_pool_stays_below_4_gib() {
         Region::new(0x1_0000_0000, 0x2_0000_0000, U),
     ];
     let ok =
-        PlanRequest { instances: vec![InstanceRequest::new("a", GIB)], page_table_pool: 2 * MIB };
+        PlanRequest { instances: vec![InstanceRequest::new("a", GIB)], page_table_pool: 2 * MIB, trampoline_pages: 1 };
     let p = plan(&map, &[], &ok).unwrap();
     assert_eq!(p.page_table_pool(), Some(Range::new(0x100000, 0x300000)));
     assert_eq!(p.instance("a"), Some(Range::new(0x1_0000_0000, 0x1_4000_0000)));
-    let too_big = PlanRequest { instances: vec![], page_table_pool: 3 * MIB };
+    let too_big = PlanRequest { instances: vec![], page_table_pool: 3 * MIB, trampoline_pages: 1 };
     let err = plan(&map, &[], &too_big).unwrap_err();
     assert_eq!(
         err,
@@ -387,7 +389,7 @@ fn page_table_pool_stays_below_4_gib() {
         "the page-table pool needs 3 MiB below 4 GiB; the largest free run there is 2 MiB at 0x100000"
     );
     // Pool sizes are rounded up to pages.
-    let odd = PlanRequest { instances: vec![], page_table_pool: 5000 };
+    let odd = PlanRequest { instances: vec![], page_table_pool: 5000, trampoline_pages: 1 };
     assert_eq!(plan(&map, &[], &odd).unwrap().page_table_pool().map(|r| r.len()), Some(8192));
 }
 
@@ -410,6 +412,7 @@ fn unaligned_protected_range_blocks_whole_pages() {
     let req = PlanRequest {
         instances: vec![InstanceRequest::new("a", 4096).aligned(4096)],
         page_table_pool: 4096,
+        trampoline_pages: 1,
     };
     let p = plan(&map, &prot, &req).unwrap();
     assert_eq!(p.page_table_pool(), Some(Range::new(0x201000, 0x202000)));
@@ -512,7 +515,11 @@ fn random_case(rng: &mut Lcg) -> (Vec<Region>, Vec<Protected>, PlanRequest) {
     (
         map,
         prot,
-        PlanRequest { instances, page_table_pool: rng.pick(&[0, 4096, 64 * 4096, 4 * MIB]) },
+        PlanRequest {
+            instances,
+            page_table_pool: rng.pick(&[0, 4096, 64 * 4096, 4 * MIB]),
+            trampoline_pages: rng.pick(&[0, 1, 3, 8]),
+        },
     )
 }
 
@@ -545,4 +552,23 @@ fn random_plans_never_overlap_anything() {
     // The generator exercises both outcomes.
     assert!(planned > 1000 && refused_all > 1000, "{planned} placed, {refused_all} refused");
     assert!(failed < 1500, "{failed} whole-plan failures");
+}
+
+#[test]
+fn one_trampoline_page_per_instance_in_one_low_run() {
+    let map = vec![Region::new(0, 0x9f000, U), Region::new(0x100000, 0x1000000, U)];
+    let req = PlanRequest {
+        instances: vec![InstanceRequest::new("a", 2 * MIB), InstanceRequest::new("b", 2 * MIB)],
+        page_table_pool: 4096,
+        trampoline_pages: 3,
+    };
+    let p = plan(&map, &[], &req).unwrap();
+    assert_eq!(p.trampoline(), Some(Range::new(0x1000, 0x4000)));
+    // A low-memory map with no room for 3 pages in a row is refused as a whole.
+    let tight = vec![
+        Region::new(0x1000, 0x3000, U),
+        Region::new(0x3000, 0x4000, RegionKind::Bios(2)),
+        Region::new(0x100000, 0x1000000, U),
+    ];
+    assert_eq!(plan(&tight, &[], &req), Err(PlanError::NoTrampolinePage));
 }

@@ -52,9 +52,10 @@ pub const OVMF_CANDIDATES: &[(&str, &str)] = &[
 ];
 
 pub fn find_ovmf() -> Option<Ovmf> {
-    OVMF_CANDIDATES.iter().find(|(c, v)| Path::new(c).exists() && Path::new(v).exists()).map(
-        |(c, v)| Ovmf { code: PathBuf::from(c), vars_template: PathBuf::from(v) },
-    )
+    OVMF_CANDIDATES
+        .iter()
+        .find(|(c, v)| Path::new(c).exists() && Path::new(v).exists())
+        .map(|(c, v)| Ovmf { code: PathBuf::from(c), vars_template: PathBuf::from(v) })
 }
 
 #[derive(Clone, Debug)]
@@ -241,10 +242,13 @@ pub fn run(cfg: &Config) -> anyhow::Result<Outcome> {
     let duration = start.elapsed();
     let _ = reader.join();
     let qemu_stderr = err_reader.join().unwrap_or_default();
-    let serial = String::from_utf8_lossy(&captured.lock().expect("console buffer lock")).into_owned();
+    let serial =
+        String::from_utf8_lossy(&captured.lock().expect("console buffer lock")).into_owned();
     let mut verdict = verdict::decide(&ending, &serial);
     if let Ending::Exited(code) = ending {
-        if code != verdict::EXIT_PASS && code != verdict::EXIT_FAIL && !qemu_stderr.trim().is_empty()
+        if code != verdict::EXIT_PASS
+            && code != verdict::EXIT_FAIL
+            && !qemu_stderr.trim().is_empty()
         {
             verdict.reason = format!("{}; QEMU said: {}", verdict.reason, qemu_stderr.trim());
         }

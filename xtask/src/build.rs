@@ -15,7 +15,10 @@ use qemu_tests::scenarios::KernelVariant;
 pub const KERNEL_TARGET: &str = "x86_64-unknown-none";
 
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 pub fn target_dir() -> PathBuf {
@@ -50,9 +53,18 @@ pub fn build_kernel(variant: KernelVariant) -> anyhow::Result<PathBuf> {
 }
 
 /// Writes the disk image for one firmware; returns its path.
-pub fn build_image(kernel: &Path, firmware: Firmware, out_dir: &Path, stem: &str) -> anyhow::Result<PathBuf> {
+pub fn build_image(
+    kernel: &Path,
+    ramdisk: Option<&Path>,
+    firmware: Firmware,
+    out_dir: &Path,
+    stem: &str,
+) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(out_dir)?;
     let mut builder = DiskImageBuilder::new(kernel.to_path_buf());
+    if let Some(r) = ramdisk {
+        builder.set_ramdisk(r.to_path_buf());
+    }
     let mut config = BootConfig::default();
     // The bootloader's trace output would bury the manager's console; keep its warnings.
     config.log_level = bootloader_boot_config::LevelFilter::Warn;

@@ -16,7 +16,9 @@ use qemu_tests::report::{collect_sections, RunReport, REPORT_VERSION};
 use qemu_tests::scenarios::{self, KernelVariant};
 
 mod build;
+mod bundle;
 mod capture;
+mod payloads;
 mod prereq;
 
 /// Build, boot and test the multikernel boot manager.
@@ -82,6 +84,9 @@ struct RunArgs {
     /// QEMU CPU model (e.g. "qemu64,+x2apic"); QEMU's default when absent.
     #[arg(long)]
     cpu: Option<String>,
+    /// How long the manager supervises the instances before it reports its verdict.
+    #[arg(long, default_value_t = 3000)]
+    run_ms: u32,
     /// Attach this terminal to the manager's console (no timeout; quit QEMU with Ctrl-A X).
     #[arg(long)]
     interactive: bool,
@@ -143,16 +148,19 @@ fn cmd_build() -> anyhow::Result<ExitCode> {
 }
 
 fn cmd_image(firmware: FirmwareArg, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    // Images for real machines: no QEMU exit port.
+    // Images for real machines: no QEMU exit port; the default instances, supervised forever.
     let kernel = build::build_kernel(KernelVariant::Usb)?;
     let out = out.unwrap_or_else(|| build::target_dir().join("images"));
+    let payloads = payloads::build_all(&build::root(), &build::target_dir())?;
+    let settings = platform::bundle::Settings { run_ms: 0, ..Default::default() };
+    let ramdisk = bundle::write(scenarios::DEFAULT_INSTANCES, &payloads, settings, &out.join("multikernel-bundle.bin"))?;
     let firmwares: &[Firmware] = match firmware {
         FirmwareArg::Bios => &[Firmware::Bios],
         FirmwareArg::Uefi => &[Firmware::Uefi],
         FirmwareArg::Both => &[Firmware::Bios, Firmware::Uefi],
     };
     for &fw in firmwares {
-        let path = build::build_image(&kernel, fw, &out, "multikernel")?;
+        let path = build::build_image(&kernel, Some(&ramdisk), fw, &out, "multikernel")?;
         println!("{}", path.display());
     }
     Ok(ExitCode::SUCCESS)
@@ -172,13 +180,20 @@ fn cmd_run_qemu(args: RunArgs) -> anyhow::Result<ExitCode> {
     let variant =
         if args.selftest_panic { KernelVariant::SelftestPanic } else { KernelVariant::Qemu };
     let kernel = build::build_kernel(variant)?;
+    let dir = run_dir(firmware.name())?;
+    let payloads = payloads::build_all(&build::root(), &build::target_dir())?;
+    let settings = platform::bundle::Settings {
+        run_ms: if args.interactive { 0 } else { args.run_ms },
+        ..Default::default()
+    };
+    let ramdisk = bundle::write(scenarios::DEFAULT_INSTANCES, &payloads, settings, &dir.join("bundle.bin"))?;
     let image = build::build_image(
         &kernel,
+        Some(&ramdisk),
         firmware,
         &build::target_dir().join("images"),
         &format!("qemu-{}", variant.name()),
     )?;
-    let dir = run_dir(firmware.name())?;
     let cfg = qemu::Config {
         firmware,
         image,
@@ -264,32 +279,46 @@ fn cmd_test(filter: Option<&str>, no_host: bool) -> anyhow::Result<ExitCode> {
         .collect();
     println!("== QEMU scenarios ({} selected)", selected.len());
     let mut kernels = std::collections::HashMap::new();
-    let mut images = std::collections::HashMap::new();
-    let (mut passed, mut failed) = (0, 0);
+    let payloads = payloads::build_all(&build::root(), &build::target_dir())?;
+    let qemu_version = prereq::qemu_version();
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     for s in &selected {
         let ovmf = prereq::ensure_qemu(s.firmware)?;
+        if let (Some(need), Some(have)) = (s.needs_qemu, qemu_version) {
+            if have < need {
+                skipped += 1;
+                println!(
+                    "SKIP {}: needs QEMU {}.{} or later (this is {}.{}), e.g. for x2APIC under TCG",
+                    s.name, need.0, need.1, have.0, have.1
+                );
+                continue;
+            }
+        }
         if !kernels.contains_key(&s.kernel) {
             kernels.insert(s.kernel, build::build_kernel(s.kernel)?);
         }
-        let key = (s.kernel, s.firmware.name());
-        if !images.contains_key(&key) {
-            let img = build::build_image(
-                &kernels[&s.kernel],
-                s.firmware,
-                &build::target_dir().join("images"),
-                &format!("test-{}", s.kernel.name()),
-            )?;
-            images.insert(key, img);
-        }
         let dir = run_dir(s.name)?;
+        let ramdisk = if s.instances.is_empty() {
+            None
+        } else {
+            let settings = platform::bundle::Settings::default();
+            Some(bundle::write(s.instances, &payloads, settings, &dir.join("bundle.bin"))?)
+        };
+        let image = build::build_image(
+            &kernels[&s.kernel],
+            ramdisk.as_deref(),
+            s.firmware,
+            &dir,
+            "disk",
+        )?;
         let cfg = qemu::Config {
             firmware: s.firmware,
-            image: images[&key].clone(),
+            image,
             smp: s.smp,
             memory: s.memory.into(),
             accel: Accel::Tcg,
             machine: "q35".into(),
-            cpu: None,
+            cpu: s.cpu.map(String::from),
             extra_args: vec![],
             timeout: Duration::from_secs(s.timeout_secs),
             serial_log: dir.join("serial.log"),
@@ -315,6 +344,9 @@ fn cmd_test(filter: Option<&str>, no_host: bool) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+    }
+    if skipped > 0 {
+        println!("qemu: {skipped} scenarios skipped (see SKIP lines above)");
     }
     println!("qemu: {passed} passed, {failed} failed");
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })

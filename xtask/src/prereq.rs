@@ -27,12 +27,16 @@ pub fn qemu_version() -> Option<(u32, u32)> {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 fn apt_install() -> anyhow::Result<()> {
     eprintln!("xtask: installing {} with apt-get", APT_PACKAGES.join(" "));
-    let update = Command::new("apt-get").arg("update").status().context("running apt-get update")?;
+    let update =
+        Command::new("apt-get").arg("update").status().context("running apt-get update")?;
     if !update.success() {
         bail!("apt-get update failed");
     }

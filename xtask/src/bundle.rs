@@ -1,0 +1,52 @@
+//! Packing a boot bundle (the ramdisk the manager reads): instances plus their images.
+//!
+//! The format and its checks live in `platform::bundle`, shared with the manager; this module
+//! only turns a list of instances naming this repository's payloads into one.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use platform::bundle::{Bundle, File, Instance, Restart, Settings, CPU_AUTO};
+use qemu_tests::scenarios::InstanceSpec;
+
+use crate::payloads::Payload;
+
+/// Writes the bundle for `specs` to `out`, reading the payload ELFs built by `payloads`.
+pub fn write(specs: &[InstanceSpec], payloads: &[Payload], settings: Settings, out: &Path) -> anyhow::Result<PathBuf> {
+    let mut bundle = Bundle { settings, ..Bundle::default() };
+    for spec in specs {
+        let file = match bundle.files.iter().position(|f| f.name == spec.payload) {
+            Some(i) => i,
+            None => {
+                let Some(p) = payloads.iter().find(|p| p.name == spec.payload) else {
+                    bail!(
+                        "instance '{}' names payload '{}', which this repository does not build (known: {})",
+                        spec.name,
+                        spec.payload,
+                        payloads.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+                    );
+                };
+                let data = std::fs::read(&p.path).with_context(|| format!("reading {}", p.path.display()))?;
+                bundle.files.push(File { name: spec.payload.into(), data });
+                bundle.files.len() - 1
+            }
+        };
+        bundle.instances.push(Instance {
+            name: spec.name.into(),
+            file: file as u32,
+            cpu: spec.cpu.unwrap_or(CPU_AUTO),
+            memory: spec.memory_mib << 20,
+            base: None,
+            restart: Restart::Never,
+            max_restarts: 0,
+            heartbeat_timeout_ms: 0,
+            args: spec.args.into(),
+        });
+    }
+    let bytes = bundle.encode().map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(out, bytes).with_context(|| format!("writing {}", out.display()))?;
+    Ok(out.to_path_buf())
+}
