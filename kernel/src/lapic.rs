@@ -43,6 +43,23 @@ pub struct Lapic {
     log_ipis: bool,
 }
 
+/// Switches the BSP's local APIC from xAPIC to x2APIC mode when the CPU supports it (SDM Vol.
+/// 3A, "x2APIC State Transitions": xAPIC → x2APIC by setting EXTD while EN is set). x2APIC
+/// addresses every APIC ID with MSR writes, and is what large machines' firmware hands over
+/// anyway. Returns whether the mode was changed.
+pub fn enable_x2apic_if_supported(supported: bool) -> bool {
+    let mut msr = Msr::new(IA32_APIC_BASE_MSR);
+    // SAFETY: reading IA32_APIC_BASE has no side effects.
+    let raw = unsafe { msr.read() };
+    if !supported || ApicBase::from_msr(raw).mode != ApicMode::XApic {
+        return false;
+    }
+    // SAFETY: the CPU reports x2APIC support (CPUID.1:ECX[21]) and the APIC is enabled in
+    // xAPIC mode, from which setting EXTD is a legal transition; interrupts are off.
+    unsafe { msr.write(raw | platform::apic::APIC_BASE_EXTD) };
+    true
+}
+
 impl Lapic {
     /// Reads the BSP's APIC mode and base; software-enables the APIC.
     pub fn bsp(phys_offset: u64) -> Lapic {

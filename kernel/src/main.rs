@@ -101,6 +101,9 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     #[cfg(feature = "selftest-panic")]
     panic!("self-test: the manager panics on purpose");
 
+    if lapic::enable_x2apic_if_supported(cpu_facts().x2apic) {
+        log::info!("apic: switched the BSP's local APIC to x2APIC mode");
+    }
     let mut lapic = lapic::Lapic::bsp(phys_offset);
     let inventory = discover_cpus(&lapic, rsdp, phys_offset);
     log::info!("manager: boot complete");

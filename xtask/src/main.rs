@@ -18,6 +18,7 @@ use qemu_tests::scenarios::{self, KernelVariant};
 mod build;
 mod bundle;
 mod capture;
+mod inspect;
 mod payloads;
 mod prereq;
 
@@ -47,6 +48,9 @@ enum Cmd {
     /// Exits 0 when the manager reports a pass, non-zero otherwise with a one-line reason.
     /// Writes a JSON run report and prints its path as the last line.
     RunQemu(RunArgs),
+    /// Check firmware tables and kernel images on the host with the manager's own code.
+    #[command(subcommand)]
+    Inspect(inspect::Inspect),
     /// Capture QEMU's MADT for a machine configuration (SeaBIOS builds it; no guest kernel is
     /// needed), e.g. to add a test input under platform/tests/data/madt/.
     CaptureMadt(capture::CaptureArgs),
@@ -130,6 +134,7 @@ fn main() -> ExitCode {
         Cmd::Image { firmware, out } => cmd_image(firmware, out),
         Cmd::RunQemu(args) => cmd_run_qemu(args),
         Cmd::Test { filter, no_host } => cmd_test(filter.as_deref(), no_host),
+        Cmd::Inspect(cmd) => inspect::run(cmd),
         Cmd::CaptureMadt(args) => capture::run(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
