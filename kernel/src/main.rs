@@ -14,13 +14,13 @@ extern crate alloc;
 
 mod acpi;
 mod heap;
-mod instances;
 mod lapic;
 mod memory;
 mod physmem;
 mod qemu;
 mod report;
 mod serial;
+mod supervisor;
 mod time;
 
 use bootloader_api::config::Mapping;
@@ -152,7 +152,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     ));
 
     let cpu = cpu_facts();
-    let machine = instances::Machine {
+    let machine = supervisor::Machine {
         regions: &regions,
         protected,
         inventory: inventory.as_ref(),
@@ -161,13 +161,15 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         nx: cpu.nx,
         init_delay: platform::apstart::init_delay_needed(cpu.vendor, cpu.family, cpu.hypervisor),
     };
-    let result = instances::run(machine, bundle_bytes, &parsed);
-    let all_running = result.iter().all(|i| i.state == instances::State::Running);
-    if all_running {
-        log::info!("manager: all {} instances running", result.len());
+    let code = trampoline::blob();
+    let mut sup = supervisor::Supervisor::plan(machine, bundle_bytes, &parsed, &code);
+    sup.boot();
+    sup.run(parsed.settings.run_ms as u64);
+    if sup.finish() {
+        log::info!("manager: all {} instances running", sup.instances.len());
         qemu::finish(qemu::Verdict::Pass)
     }
-    for i in result.iter().filter(|i| i.state != instances::State::Running) {
+    for i in sup.instances.iter().filter(|i| i.state != platform::lifecycle::State::Running) {
         log::error!("manager: FAIL: instance '{}' is {}{}{}", i.name, i.state.name(),
             if i.reason.is_empty() { "" } else { ": " }, i.reason);
     }

@@ -15,6 +15,17 @@ const COM1_IO_BASE: u16 = 0x3F8;
 
 static SERIAL: Mutex<Option<SerialPort>> = Mutex::new(None);
 
+/// The shell's prompt is the last thing on the console line: output that follows must start
+/// a new line first (see [`start_line`]).
+pub static PROMPT_SHOWN: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Ends the prompt's line if the prompt is showing, so output does not run into it.
+pub fn start_line() {
+    if PROMPT_SHOWN.swap(false, core::sync::atomic::Ordering::Relaxed) {
+        print(format_args!("\n"));
+    }
+}
+
 static LOGGER: Logger = Logger;
 
 struct Logger;
@@ -58,8 +69,11 @@ pub fn try_read() -> Option<u8> {
 
 #[macro_export]
 macro_rules! println {
-    () => { $crate::serial::print(format_args!("\n")) };
-    ($($arg:tt)*) => { $crate::serial::print(format_args!("{}\n", format_args!($($arg)*))) };
+    () => {{ $crate::serial::start_line(); $crate::serial::print(format_args!("\n")) }};
+    ($($arg:tt)*) => {{
+        $crate::serial::start_line();
+        $crate::serial::print(format_args!("{}\n", format_args!($($arg)*)))
+    }};
 }
 
 impl log::Log for Logger {
@@ -72,6 +86,7 @@ impl log::Log for Logger {
             return;
         }
         let us = crate::time::micros_since_boot();
+        start_line();
         print(format_args!(
             "[{:5}.{:06}] {:5} {}\n",
             us / 1_000_000,

@@ -81,6 +81,21 @@ pub struct Config {
     pub echo: bool,
     /// Attach the terminal to the console (no timeout, no pipe).
     pub interactive: bool,
+    /// Console input to type, each step once its `wait_for` text has appeared (after the
+    /// previous step's match): how the tests drive the manager's shell.
+    pub input: Vec<InputStep>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputStep {
+    pub wait_for: String,
+    pub send: String,
+}
+
+impl InputStep {
+    pub fn new(wait_for: &str, send: &str) -> Self {
+        InputStep { wait_for: wait_for.into(), send: send.into() }
+    }
 }
 
 pub const QEMU: &str = "qemu-system-x86_64";
@@ -192,7 +207,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<Outcome> {
 
     let mut child = Command::new(QEMU)
         .args(&args)
-        .stdin(Stdio::null())
+        .stdin(if cfg.input.is_empty() { Stdio::null() } else { Stdio::piped() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -228,7 +243,27 @@ pub fn run(cfg: &Config) -> anyhow::Result<Outcome> {
         s
     });
 
+    let mut stdin = child.stdin.take();
+    let mut steps = cfg.input.iter();
+    let mut step = steps.next();
+    let mut search_from = 0usize;
     let ending = loop {
+        if let (Some(s), Some(input)) = (step, stdin.as_mut()) {
+            let found = {
+                let text = captured.lock().expect("console buffer lock");
+                find_bytes(text.get(search_from..).unwrap_or(&[]), s.wait_for.as_bytes())
+            };
+            if let Some(at) = found {
+                search_from += at + s.wait_for.len();
+                // Type slowly enough for a 16550 without FIFO handling on the other side.
+                for b in s.send.bytes() {
+                    let _ = input.write_all(&[b]);
+                    let _ = input.flush();
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                step = steps.next();
+            }
+        }
         if let Some(status) = child.try_wait()? {
             break status.code().map_or(Ending::Signalled, Ending::Exited);
         }
@@ -256,6 +291,14 @@ pub fn run(cfg: &Config) -> anyhow::Result<Outcome> {
     Ok(Outcome { ending, verdict, serial, duration, command })
 }
 
+/// The offset of the first occurrence of `needle` in `hay`.
+pub fn find_bytes(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return Some(0);
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,6 +319,7 @@ mod tests {
             work_dir: "/tmp/x".into(),
             echo: false,
             interactive: false,
+            input: vec![],
         }
     }
 
@@ -311,6 +355,13 @@ mod tests {
         let a = joined(&c.args(None).unwrap());
         assert!(a.contains("-accel kvm -cpu qemu64,+x2apic"), "{a}");
         assert!(a.ends_with("-device intel-iommu"));
+    }
+
+    #[test]
+    fn find_bytes_finds_the_first_match() {
+        assert_eq!(find_bytes(b"mk> list\nmk> ", b"mk> "), Some(0));
+        assert_eq!(find_bytes(b"ab\xffmk> ", b"mk> "), Some(3));
+        assert_eq!(find_bytes(b"abc", b"x"), None);
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub struct InstanceSpec {
     pub cpu: Option<u32>,
     pub memory_mib: u64,
     pub args: &'static str,
+    /// Restart automatically on fault, hang or non-zero exit, up to this many times.
+    pub restart_on_failure: Option<u32>,
+    /// Declare the instance hung after this long without a heartbeat (0: never).
+    pub heartbeat_timeout_ms: u32,
 }
 
 const fn inst(
@@ -57,7 +61,15 @@ const fn inst(
     cpu: Option<u32>,
     args: &'static str,
 ) -> InstanceSpec {
-    InstanceSpec { name, payload, cpu, memory_mib: 8, args }
+    InstanceSpec {
+        name,
+        payload,
+        cpu,
+        memory_mib: 8,
+        args,
+        restart_on_failure: None,
+        heartbeat_timeout_ms: 0,
+    }
 }
 
 /// The default run: two different Rust kernels and a C kernel on APs 1-3.
@@ -92,6 +104,20 @@ pub const FAULT_INSTANCES: &[InstanceSpec] = &[
     inst("compute", "compute", Some(3), "primes=100000"),
 ];
 
+/// A crashing instance restarted by policy next to one that prints steadily.
+pub const RESTART_INSTANCES: &[InstanceSpec] = &[
+    inst("hello", "hello", Some(1), "ticks=12"),
+    InstanceSpec { restart_on_failure: Some(3), ..inst("crash", "fault", Some(2), "page-fault") },
+    InstanceSpec { heartbeat_timeout_ms: 300, ..inst("stuck", "fault", Some(3), "hang") },
+];
+
+/// Two instances on one CPU, and one asking for more memory than the machine has.
+pub const CONFLICT_INSTANCES: &[InstanceSpec] = &[
+    inst("first", "hello", Some(2), "ticks=2"),
+    inst("second", "hello-c", Some(2), ""),
+    InstanceSpec { memory_mib: 1024, ..inst("big", "hello", Some(3), "") },
+];
+
 pub struct Scenario {
     pub name: &'static str,
     pub firmware: Firmware,
@@ -104,6 +130,10 @@ pub struct Scenario {
     /// The oldest QEMU (major, minor) that can run the scenario; older ones skip it, saying so.
     pub needs_qemu: Option<(u32, u32)>,
     pub timeout_secs: u64,
+    /// How long the manager supervises before its verdict (0: until the shell's `quit`).
+    pub run_ms: u32,
+    /// Console input: (text to wait for, text to type).
+    pub input: Vec<(String, String)>,
     /// Returns what is wrong, or `Ok` when the run shows the behaviour.
     pub check: fn(&Outcome) -> Result<(), String>,
 }
@@ -125,6 +155,8 @@ const fn scenario(
         cpu: None,
         needs_qemu: None,
         timeout_secs: 120,
+        run_ms: 3000,
+        input: Vec::new(),
         check,
     }
 }
@@ -154,10 +186,53 @@ pub fn all() -> Vec<Scenario> {
         s.needs_qemu = Some((9, 0));
         v.push(s);
     }
+    for (name, fw) in [("restart-policy-bios", Bios), ("restart-policy-uefi", Uefi)] {
+        v.push(scenario(name, fw, RESTART_INSTANCES, 4, check_restart_policy));
+    }
+    for (name, fw) in [("cpu-and-memory-conflicts-bios", Bios), ("cpu-and-memory-conflicts-uefi", Uefi)] {
+        v.push(scenario(name, fw, CONFLICT_INSTANCES, 4, check_conflicts));
+    }
+    for (name, fw) in [("shell-stop-start-bios", Bios), ("shell-stop-start-uefi", Uefi)] {
+        let mut s = scenario(name, fw, DEFAULT_INSTANCES, 4, check_shell);
+        s.run_ms = 0;
+        s.input = shell_script(&[
+            "list",
+            "stop hello",
+            "status hello",
+            "stop hello",
+            "start compute",
+            "stop nosuch",
+            "frobnicate",
+            "start hello",
+            "log hello",
+            "list",
+            "quit",
+        ]);
+        v.push(s);
+    }
+    for (name, fw) in [("twenty-restarts-bios", Bios), ("twenty-restarts-uefi", Uefi)] {
+        let mut s = scenario(name, fw, DEFAULT_INSTANCES, 4, check_twenty_restarts);
+        s.run_ms = 0;
+        let mut cmds = vec!["list"];
+        cmds.extend(std::iter::repeat_n("restart hello", 20));
+        s.input = shell_script(&cmds);
+        // Let the last incarnation print before counting: wait for the prompt after the 20th
+        // restart, then for its first tick.
+        s.input.push(("mk> ".into(), String::new()));
+        s.input.push(("[hello] hello: tick 1".into(), "list\r".into()));
+        s.input.push(("mk> ".into(), "quit\r".into()));
+        s.timeout_secs = 240;
+        v.push(s);
+    }
     let mut panic = scenario("panic-is-a-failure-bios", Bios, &[], 4, check_panic_reported);
     panic.kernel = KernelVariant::SelftestPanic;
     v.push(panic);
     v
+}
+
+/// Types each command after the next shell prompt.
+fn shell_script(cmds: &[&str]) -> Vec<(String, String)> {
+    cmds.iter().map(|c| ("mk> ".to_string(), format!("{c}\r"))).collect()
 }
 
 fn instances(o: &Outcome) -> Result<Vec<Value>, String> {
@@ -288,6 +363,116 @@ fn check_fault(o: &Outcome) -> Result<(), String> {
     let hb = instance(&list, "compute")?["heartbeat"].as_u64().unwrap_or(0);
     expect(hb > 20, || format!("compute heartbeat only {hb}"))?;
     expect(!o.verdict.pass, || "a faulted instance must fail the run".into())
+}
+
+fn transitions(i: &Value) -> Vec<String> {
+    i["transitions"]
+        .as_array()
+        .map(|t| t.iter().map(|x| x["state"].as_str().unwrap_or("?").to_string()).collect())
+        .unwrap_or_default()
+}
+
+fn check_restart_policy(o: &Outcome) -> Result<(), String> {
+    let list = instances(o)?;
+    let crash = instance(&list, "crash")?;
+    expect(crash["restarts"] == 3 && crash["state"] == "faulted", || {
+        format!("crash: {} restarts, {}", crash["restarts"], crash["state"])
+    })?;
+    let t = transitions(crash);
+    let faults = t.iter().filter(|s| *s == "faulted").count();
+    let stops = t.iter().filter(|s| *s == "stopped").count();
+    expect(faults == 4 && stops == 3, || format!("crash transitions: {t:?}"))?;
+    expect(o.serial.contains("instance 'crash': faulted again; restart limit of 3 reached"), || {
+        "no message when the restart limit was reached".into()
+    })?;
+    // Each restart scrubbed the region before reloading.
+    let scrubs = o.serial.matches("instance 'crash': region").filter(|_| true).count();
+    expect(scrubs == 3, || format!("{scrubs} scrub messages for crash, expected 3"))?;
+    // The hang was detected by the watchdog.
+    let stuck = instance(&list, "stuck")?;
+    expect(stuck["state"] == "hung", || format!("stuck is {}", stuck["state"]))?;
+    expect(stuck["reason"].as_str().unwrap_or("").contains("no heartbeat for 300 ms"), || {
+        format!("stuck reason: {}", stuck["reason"])
+    })?;
+    // The neighbour printed every tick, in order, and lost nothing.
+    check_running(&list, "hello")?;
+    let ticks: Vec<u32> = console(o, "hello")
+        .iter()
+        .filter_map(|l| l.strip_prefix("hello: tick ").and_then(|n| n.trim().parse().ok()))
+        .collect();
+    expect(ticks == (1..=12).collect::<Vec<_>>(), || format!("hello's ticks: {ticks:?}"))?;
+    expect(instance(&list, "hello")?["console_dropped"] == 0, || "hello lost console bytes".into())?;
+    expect(!o.serial.contains("[hello] ... "), || "hello's ring overflowed".into())
+}
+
+fn check_conflicts(o: &Outcome) -> Result<(), String> {
+    let list = instances(o)?;
+    check_running(&list, "first")?;
+    let second = instance(&list, "second")?;
+    expect(
+        second["state"] == "failed"
+            && second["reason"].as_str().unwrap_or("").contains("CPU 2 is already given to instance 'first'"),
+        || format!("second: {} ({})", second["state"], second["reason"]),
+    )?;
+    let big = instance(&list, "big")?;
+    let reason = big["reason"].as_str().unwrap_or("");
+    expect(big["state"] == "failed" && reason.contains("asks 1 GiB") && reason.contains("largest free run"), || {
+        format!("big: {} ({reason})", big["state"])
+    })?;
+    expect(!o.serial.contains("-> APIC 3"), || "an IPI went to the CPU of the refused instance".into())?;
+    expect(o.serial.matches("ipi: SIPI -> APIC 2").count() == 2, || {
+        "CPU 2 was not started exactly once (two SIPIs)".into()
+    })
+}
+
+fn check_shell(o: &Outcome) -> Result<(), String> {
+    let s = &o.serial;
+    for (what, needle) in [
+        ("list output", "frames: manager "),
+        ("stop confirmation", "stopped 'hello'"),
+        ("scrub message", "instance 'hello': region "),
+        ("status of a stopped instance", "instance 'hello': stopped"),
+        ("second stop refused", "error: cannot stop 'hello': it is already stopped"),
+        ("start of a running instance refused", "error: cannot start 'compute': it is running; only a stopped instance can be started"),
+        ("unknown instance", "error: no instance named 'nosuch' (instances: hello, compute, hello-c)"),
+        ("unknown command", "error: unknown command 'frobnicate' (try 'help')"),
+        ("start confirmation", "started 'hello'"),
+        ("log output", "console lines of 'hello':"),
+        ("quit", "shell: quitting"),
+    ] {
+        expect(s.contains(needle), || format!("no {what} ({needle:?}) on the console"))?;
+    }
+    let list = instances(o)?;
+    check_running(&list, "hello")?;
+    check_running(&list, "compute")?;
+    let t = transitions(instance(&list, "hello")?);
+    expect(t.ends_with(&["running".into(), "stopped".into(), "started".into(), "running".into()]), || {
+        format!("hello transitions: {t:?}")
+    })?;
+    // hello printed its greeting twice: once per start.
+    let greetings = console(o, "hello").iter().filter(|l| l.starts_with("hello: name hello")).count();
+    expect(greetings == 2, || format!("hello greeted {greetings} times, expected 2"))?;
+    expect(o.verdict.pass, || format!("run failed: {}", o.verdict.reason))
+}
+
+fn check_twenty_restarts(o: &Outcome) -> Result<(), String> {
+    expect(o.verdict.pass, || format!("run failed: {}", o.verdict.reason))?;
+    let frames: Vec<&str> = o.serial.lines().filter(|l| l.starts_with("frames: manager ")).collect();
+    expect(frames.len() == 2, || format!("expected 2 frame counts, got {frames:?}"))?;
+    expect(frames[0] == frames[1], || format!("free frames changed: {} -> {}", frames[0], frames[1]))?;
+    let scrubbed = o
+        .serial
+        .lines()
+        .filter(|l| l.contains("instance 'hello': region ") && l.contains("KiB verified zero"))
+        .count();
+    expect(scrubbed == 20, || format!("{scrubbed} verified scrubs, expected 20"))?;
+    let list = instances(o)?;
+    let hello = instance(&list, "hello")?;
+    expect(hello["restarts"] == 20, || format!("hello restarts: {}", hello["restarts"]))?;
+    check_running(&list, "hello")?;
+    check_running(&list, "compute")?;
+    let greetings = console(o, "hello").iter().filter(|l| l.starts_with("hello: checksum ok")).count();
+    expect(greetings == 21, || format!("hello verified its image {greetings} times, expected 21"))
 }
 
 fn check_x2apic(o: &Outcome) -> Result<(), String> {

@@ -252,3 +252,52 @@ mk_trampoline_end:
     state_faulted = const bootproto::state::FAULTED,
     options(att_syntax)
 );
+
+// The parking page: where a stopped instance's CPU goes to prove that it took the INIT.
+//
+// After INIT, a CPU sits in wait-for-SIPI, but the INIT is delivered asynchronously: until the
+// target processes it, it may still be running the instance's code. The manager therefore
+// follows the INIT with a SIPI to this page, whose code (real mode) records the CPU's APIC ID
+// and a magic word, then halts with interrupts off. A SIPI is only accepted in wait-for-SIPI,
+// so seeing the record proves the CPU has left the instance, and only then is its memory
+// scrubbed. A later start sends INIT again, which brings the CPU back from the halt.
+global_asm!(
+    r#"
+    .pushsection .rodata.mk_park, "a"
+    .balign 16
+    .global mk_park_start
+mk_park_start:
+    .code16
+    cli
+    xorl %eax, %eax
+    cpuid
+    cmpl $0xb, %eax
+    jb 1f
+    movl $0xb, %eax
+    xorl %ecx, %ecx
+    cpuid
+    movl %edx, %esi
+    jmp 2f
+1:
+    movl $1, %eax
+    cpuid
+    shrl $24, %ebx
+    movl %ebx, %esi
+2:
+    movw %cs, %ax
+    movw %ax, %ds
+    movl %esi, {park_apic}
+    movl ${park_magic}, {park_mark}
+3:
+    hlt
+    jmp 3b
+    .global mk_park_end
+mk_park_end:
+    .code64
+    .popsection
+"#,
+    park_apic = const crate::PARK_APIC_OFFSET,
+    park_mark = const crate::PARK_MARK_OFFSET,
+    park_magic = const crate::PARK_MAGIC,
+    options(att_syntax)
+);

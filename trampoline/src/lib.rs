@@ -378,6 +378,33 @@ fn write_params(out: &mut [u8], p: &TrampolineParams) {
     put(offset_of!(TrampolineParams, tss), &p.tss);
 }
 
+/// Parking page layout (see `asm.rs`): the record a parked CPU writes.
+pub const PARK_MARK_OFFSET: usize = 0x800;
+pub const PARK_APIC_OFFSET: usize = 0x804;
+/// "PARK", little-endian.
+pub const PARK_MAGIC: u32 = u32::from_le_bytes(*b"PARK");
+
+extern "C" {
+    static mk_park_start: u8;
+    static mk_park_end: u8;
+}
+
+/// The parking code: copy it to a start page, clear the record, then INIT + SIPI a CPU to it.
+pub fn park_code() -> &'static [u8] {
+    let start = core::ptr::addr_of!(mk_park_start);
+    let end = core::ptr::addr_of!(mk_park_end) as usize;
+    // SAFETY: two labels of one contiguous read-only block emitted by `asm.rs`, in order.
+    unsafe { core::slice::from_raw_parts(start, end - start as usize) }
+}
+
+/// The exact bytes of a parking page (code, then a cleared record).
+pub fn build_park_page() -> [u8; PAGE_SIZE] {
+    let mut out = [0u8; PAGE_SIZE];
+    let code = park_code();
+    out[..code.len()].copy_from_slice(code);
+    out
+}
+
 /// Offsets of the check-in fields inside the page, for the manager's polling.
 pub const CHECKIN_STAGE_OFFSET: usize = PARAMS_OFFSET + offset_of!(TrampolineParams, checkin_stage);
 pub const CHECKIN_APIC_ID_OFFSET: usize =

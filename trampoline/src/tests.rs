@@ -123,3 +123,18 @@ fn bad_pages_and_targets_are_refused() {
     let p = build_page(&code, 0x8000, &t).unwrap();
     assert_eq!(u64_at(&p, P + offset_of!(TrampolineParams, efer_or)), EFER_LME as u64);
 }
+
+#[test]
+fn park_page_is_small_real_mode_code_with_a_clear_record() {
+    let code = park_code();
+    assert!(code.len() < PARK_MARK_OFFSET, "park code is {} bytes", code.len());
+    assert_eq!(code[0], 0xfa, "starts with cli");
+    // Ends with hlt; jmp back to it (f4 eb fd).
+    assert_eq!(&code[code.len() - 3..], &[0xf4, 0xeb, 0xfd]);
+    let p = build_park_page();
+    assert_eq!(u32_at(&p, PARK_MARK_OFFSET), 0);
+    assert_eq!(u32_at(&p, PARK_APIC_OFFSET), 0);
+    // The code writes the record at exactly these offsets (o32 mov to absolute addresses).
+    let mark = (PARK_MARK_OFFSET as u16).to_le_bytes();
+    assert!(code.windows(2).any(|w| w == mark), "park code never addresses the mark");
+}

@@ -37,9 +37,9 @@ pub fn write(specs: &[InstanceSpec], payloads: &[Payload], settings: Settings, o
             cpu: spec.cpu.unwrap_or(CPU_AUTO),
             memory: spec.memory_mib << 20,
             base: None,
-            restart: Restart::Never,
-            max_restarts: 0,
-            heartbeat_timeout_ms: 0,
+            restart: if spec.restart_on_failure.is_some() { Restart::OnFailure } else { Restart::Never },
+            max_restarts: spec.restart_on_failure.unwrap_or(0),
+            heartbeat_timeout_ms: spec.heartbeat_timeout_ms,
             args: spec.args.into(),
         });
     }

@@ -19,6 +19,7 @@ mod build;
 mod bundle;
 mod capture;
 mod inspect;
+mod manifest;
 mod payloads;
 mod prereq;
 
@@ -35,6 +36,9 @@ enum Cmd {
     /// Build the manager (and the payloads, once there are any) for x86_64-unknown-none.
     Build,
     /// Build raw disk images (for QEMU or a USB stick) and print their paths.
+    ///
+    /// The images start the manifest's instances and supervise them forever (the manifest's
+    /// run_ms is for QEMU runs).
     Image {
         /// Which firmware the image boots on.
         #[arg(long, value_enum, default_value_t = FirmwareArg::Both)]
@@ -42,6 +46,18 @@ enum Cmd {
         /// Directory for the images.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// The manifest: which kernels to start (default: manifests/default.toml).
+        #[arg(long, value_name = "PATH")]
+        manifest: Option<PathBuf>,
+    },
+    /// Check a manifest on the host without booting anything.
+    ///
+    /// Prints the instances it would start, one line each, or every error found
+    /// (`file:line:column: ...`) and exits non-zero. Whether a CPU exists and whether the memory
+    /// fits the machine are checked by the manager at boot, not here.
+    Check {
+        /// The manifest to check (see docs/manifest.md).
+        manifest: PathBuf,
     },
     /// Boot the manager under QEMU, stream its console, and end with a verdict.
     ///
@@ -88,9 +104,13 @@ struct RunArgs {
     /// QEMU CPU model (e.g. "qemu64,+x2apic"); QEMU's default when absent.
     #[arg(long)]
     cpu: Option<String>,
-    /// How long the manager supervises the instances before it reports its verdict.
-    #[arg(long, default_value_t = 3000)]
-    run_ms: u32,
+    /// The manifest: which kernels to start (default: manifests/default.toml).
+    #[arg(long, value_name = "PATH")]
+    manifest: Option<PathBuf>,
+    /// How long the manager supervises the instances before it reports its verdict
+    /// (default: the manifest's settings.run_ms, 3000 unless it says otherwise).
+    #[arg(long)]
+    run_ms: Option<u32>,
     /// Attach this terminal to the manager's console (no timeout; quit QEMU with Ctrl-A X).
     #[arg(long)]
     interactive: bool,
@@ -131,7 +151,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Build => cmd_build(),
-        Cmd::Image { firmware, out } => cmd_image(firmware, out),
+        Cmd::Image { firmware, out, manifest } => cmd_image(firmware, out, manifest),
+        Cmd::Check { manifest } => cmd_check(&manifest),
         Cmd::RunQemu(args) => cmd_run_qemu(args),
         Cmd::Test { filter, no_host } => cmd_test(filter.as_deref(), no_host),
         Cmd::Inspect(cmd) => inspect::run(cmd),
@@ -152,13 +173,69 @@ fn cmd_build() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_image(firmware: FirmwareArg, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    // Images for real machines: no QEMU exit port; the default instances, supervised forever.
+/// The manifest `run-qemu` and `image` use when none is given.
+fn default_manifest() -> PathBuf {
+    build::root().join("manifests").join("default.toml")
+}
+
+/// Loads and checks a manifest, builds the payloads it names, and returns its boot bundle.
+fn manifest_bundle(path: &Path) -> anyhow::Result<platform::bundle::Bundle> {
+    let manifest = manifest::load(path)?;
+    let uses_payloads =
+        manifest.instances.iter().any(|i| matches!(i.kernel, manifest::Kernel::Payload(_)));
+    let payloads = if uses_payloads {
+        payloads::build_all(&build::root(), &build::target_dir())?
+    } else {
+        Vec::new()
+    };
+    Ok(manifest::to_bundle(&manifest, &payloads)?)
+}
+
+fn cmd_check(path: &Path) -> anyhow::Result<ExitCode> {
+    let manifest = match manifest::load(path) {
+        Ok(m) => m,
+        Err(errors) => return Ok(report_manifest_errors(path, &errors)),
+    };
+    let uses_payloads =
+        manifest.instances.iter().any(|i| matches!(i.kernel, manifest::Kernel::Payload(_)));
+    if uses_payloads {
+        let payloads = payloads::build_all(&build::root(), &build::target_dir())?;
+        if let Err(errors) = manifest::to_bundle(&manifest, &payloads) {
+            return Ok(report_manifest_errors(path, &errors));
+        }
+    }
+    for inst in &manifest.instances {
+        println!("{}", inst.summary());
+    }
+    eprintln!(
+        "xtask: {}: OK: {} instances; {}",
+        path.display(),
+        manifest.instances.len(),
+        manifest::settings_summary(&manifest.settings)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report_manifest_errors(path: &Path, errors: &manifest::ManifestErrors) -> ExitCode {
+    for e in &errors.0 {
+        eprintln!("{e}");
+    }
+    let n = errors.0.len();
+    eprintln!("xtask: {}: {n} error{}", path.display(), if n == 1 { "" } else { "s" });
+    ExitCode::FAILURE
+}
+
+fn cmd_image(
+    firmware: FirmwareArg,
+    out: Option<PathBuf>,
+    manifest: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    // Images for real machines: no QEMU exit port; the manifest's instances, supervised forever.
+    let mut bundle = manifest_bundle(&manifest.unwrap_or_else(default_manifest))?;
+    bundle.settings.run_ms = 0;
     let kernel = build::build_kernel(KernelVariant::Usb)?;
     let out = out.unwrap_or_else(|| build::target_dir().join("images"));
-    let payloads = payloads::build_all(&build::root(), &build::target_dir())?;
-    let settings = platform::bundle::Settings { run_ms: 0, ..Default::default() };
-    let ramdisk = bundle::write(scenarios::DEFAULT_INSTANCES, &payloads, settings, &out.join("multikernel-bundle.bin"))?;
+    let ramdisk = manifest::write_bundle(&bundle, &out.join("multikernel-bundle.bin"))?;
     let firmwares: &[Firmware] = match firmware {
         FirmwareArg::Bios => &[Firmware::Bios],
         FirmwareArg::Uefi => &[Firmware::Uefi],
@@ -181,17 +258,20 @@ fn run_dir(label: &str) -> anyhow::Result<PathBuf> {
 
 fn cmd_run_qemu(args: RunArgs) -> anyhow::Result<ExitCode> {
     let firmware = Firmware::from(args.firmware);
+    // The manifest first: a mistake in it is reported before anything slow happens.
+    let mut bundle = manifest_bundle(&args.manifest.clone().unwrap_or_else(default_manifest))?;
+    if let Some(run_ms) = args.run_ms {
+        bundle.settings.run_ms = run_ms;
+    }
+    if args.interactive {
+        bundle.settings.run_ms = 0;
+    }
     let ovmf = prereq::ensure_qemu(firmware)?;
     let variant =
         if args.selftest_panic { KernelVariant::SelftestPanic } else { KernelVariant::Qemu };
     let kernel = build::build_kernel(variant)?;
     let dir = run_dir(firmware.name())?;
-    let payloads = payloads::build_all(&build::root(), &build::target_dir())?;
-    let settings = platform::bundle::Settings {
-        run_ms: if args.interactive { 0 } else { args.run_ms },
-        ..Default::default()
-    };
-    let ramdisk = bundle::write(scenarios::DEFAULT_INSTANCES, &payloads, settings, &dir.join("bundle.bin"))?;
+    let ramdisk = manifest::write_bundle(&bundle, &dir.join("bundle.bin"))?;
     let image = build::build_image(
         &kernel,
         Some(&ramdisk),
@@ -217,6 +297,7 @@ fn cmd_run_qemu(args: RunArgs) -> anyhow::Result<ExitCode> {
         work_dir: dir.clone(),
         echo: true,
         interactive: args.interactive,
+        input: vec![],
     };
     eprintln!(
         "xtask: booting {} on {} with -smp {} -m {} ({}), timeout {} s",
@@ -306,7 +387,7 @@ fn cmd_test(filter: Option<&str>, no_host: bool) -> anyhow::Result<ExitCode> {
         let ramdisk = if s.instances.is_empty() {
             None
         } else {
-            let settings = platform::bundle::Settings::default();
+            let settings = platform::bundle::Settings { run_ms: s.run_ms, ..Default::default() };
             Some(bundle::write(s.instances, &payloads, settings, &dir.join("bundle.bin"))?)
         };
         let image = build::build_image(
@@ -331,6 +412,7 @@ fn cmd_test(filter: Option<&str>, no_host: bool) -> anyhow::Result<ExitCode> {
             work_dir: dir.clone(),
             echo: false,
             interactive: false,
+            input: s.input.iter().map(|(w, t)| qemu::InputStep::new(w, t)).collect(),
         };
         let outcome = qemu::run(&cfg)?;
         let report = write_report(&cfg, &outcome, &dir)?;

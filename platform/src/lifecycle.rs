@@ -1,0 +1,239 @@
+//! Instance lifecycle: states, the transitions the manager allows, the heartbeat watchdog and
+//! the restart policy. Pure, so every rule is tested on the host; the manager only performs
+//! the side effects (IPIs, scrubbing, reloading) a transition calls for.
+//!
+//! ```text
+//! loaded ─start→ started ─payload reports in→ running ─→ exited | faulted | hung
+//!    │              │                             │              │
+//!    └──────────────┴──── failed (refused, or did not check in) ┘
+//! any started/running/exited/faulted/hung/failed-after-start ─stop→ stopped ─start→ started
+//! ```
+
+use core::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Planned and loaded, not started yet.
+    Loaded,
+    /// The AP checked in at the trampoline and jumped to the entry point.
+    Started,
+    /// The payload reported in through its status block.
+    Running,
+    /// The payload ended on purpose with an exit code.
+    Exited,
+    /// The CPU took an exception; the fault record is valid.
+    Faulted,
+    /// Running, but its heartbeat stopped for longer than its timeout.
+    Hung,
+    /// Refused before start, or its AP did not check in.
+    Failed,
+    /// Stopped by the manager: its CPU is in wait-for-SIPI and its memory scrubbed.
+    Stopped,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Loaded => "loaded",
+            State::Started => "started",
+            State::Running => "running",
+            State::Exited => "exited",
+            State::Faulted => "faulted",
+            State::Hung => "hung",
+            State::Failed => "failed",
+            State::Stopped => "stopped",
+        }
+    }
+
+    /// Its CPU may be executing the instance's code.
+    pub fn is_live(self) -> bool {
+        matches!(self, State::Started | State::Running | State::Hung)
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransitionError {
+    /// `stop` on something that never got a CPU (refused at boot), or is stopped already.
+    NotStoppable(State),
+    /// `start` on something that is not stopped.
+    NotStartable(State),
+    /// The instance was refused at boot (no CPU or memory); it can never start.
+    Refused,
+}
+
+impl fmt::Display for TransitionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TransitionError::NotStoppable(State::Stopped) => f.write_str("it is already stopped"),
+            TransitionError::NotStoppable(s) => write!(f, "it is {s}, which has nothing to stop"),
+            TransitionError::NotStartable(s) => {
+                write!(f, "it is {s}; only a stopped instance can be started (use restart)")
+            }
+            TransitionError::Refused => {
+                f.write_str("it was refused at boot (no CPU or memory), so it has nothing to start")
+            }
+        }
+    }
+}
+
+/// May an instance in `state` be stopped? `has_cpu` is false for instances refused at boot.
+pub fn can_stop(state: State, has_cpu: bool) -> Result<(), TransitionError> {
+    if !has_cpu {
+        return Err(TransitionError::Refused);
+    }
+    match state {
+        State::Stopped | State::Loaded => Err(TransitionError::NotStoppable(state)),
+        _ => Ok(()),
+    }
+}
+
+pub fn can_start(state: State, has_cpu: bool) -> Result<(), TransitionError> {
+    if !has_cpu {
+        return Err(TransitionError::Refused);
+    }
+    match state {
+        State::Stopped => Ok(()),
+        s => Err(TransitionError::NotStartable(s)),
+    }
+}
+
+/// The state a status-block word moves a live instance to, if any (a payload cannot move an
+/// instance that the manager considers stopped, failed, or already finished).
+pub fn from_status(current: State, status_word: u32) -> Option<State> {
+    let next = match status_word {
+        bootproto_state::RUNNING => State::Running,
+        bootproto_state::EXITED => State::Exited,
+        bootproto_state::FAULTED => State::Faulted,
+        _ => return None,
+    };
+    let allowed = match current {
+        State::Started => true,
+        State::Running => next != State::Running,
+        // A hung instance that faults or exits is reported as such.
+        State::Hung => next != State::Running,
+        _ => false,
+    };
+    allowed.then_some(next)
+}
+
+/// The status-block state words (kept equal to `bootproto::state`; a test checks it in the
+/// kernel crate, which depends on both).
+pub mod bootproto_state {
+    pub const NONE: u32 = 0;
+    pub const RUNNING: u32 = 1;
+    pub const EXITED: u32 = 2;
+    pub const FAULTED: u32 = 3;
+}
+
+/// Heartbeat watchdog for one instance.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Watchdog {
+    last_value: u64,
+    last_change_us: u64,
+}
+
+impl Watchdog {
+    pub fn reset(&mut self, now_us: u64, value: u64) {
+        self.last_value = value;
+        self.last_change_us = now_us;
+    }
+
+    /// Records a heartbeat reading; true when it has not moved for longer than `timeout_ms`
+    /// (0 disables the watchdog).
+    pub fn hung(&mut self, now_us: u64, value: u64, timeout_ms: u32) -> bool {
+        if value != self.last_value {
+            self.reset(now_us, value);
+            return false;
+        }
+        timeout_ms != 0 && now_us.saturating_sub(self.last_change_us) > timeout_ms as u64 * 1000
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    Never,
+    OnFailure { max_restarts: u32 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Leave,
+    Restart,
+    /// The policy would restart, but the limit is reached.
+    GiveUp,
+}
+
+/// What the restart policy says about an instance that just reached `state`.
+pub fn decide(policy: Policy, state: State, exit_code: u32, restarts: u32) -> Decision {
+    let failed = match state {
+        State::Faulted | State::Hung => true,
+        State::Exited => exit_code != 0,
+        _ => false,
+    };
+    match (policy, failed) {
+        (Policy::OnFailure { max_restarts }, true) if restarts < max_restarts => Decision::Restart,
+        (Policy::OnFailure { .. }, true) => Decision::GiveUp,
+        _ => Decision::Leave,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_and_start_follow_the_state_machine() {
+        assert_eq!(can_stop(State::Running, true), Ok(()));
+        assert_eq!(can_stop(State::Faulted, true), Ok(()));
+        assert_eq!(can_stop(State::Stopped, true), Err(TransitionError::NotStoppable(State::Stopped)));
+        assert_eq!(can_stop(State::Failed, false), Err(TransitionError::Refused));
+        assert_eq!(can_start(State::Stopped, true), Ok(()));
+        assert_eq!(can_start(State::Running, true), Err(TransitionError::NotStartable(State::Running)));
+        assert_eq!(can_start(State::Stopped, false), Err(TransitionError::Refused));
+        assert_eq!(
+            TransitionError::NotStoppable(State::Stopped).to_string(),
+            "it is already stopped"
+        );
+    }
+
+    #[test]
+    fn status_words_move_only_live_instances_forward() {
+        assert_eq!(from_status(State::Started, 1), Some(State::Running));
+        assert_eq!(from_status(State::Running, 1), None);
+        assert_eq!(from_status(State::Running, 3), Some(State::Faulted));
+        assert_eq!(from_status(State::Running, 2), Some(State::Exited));
+        assert_eq!(from_status(State::Hung, 3), Some(State::Faulted));
+        assert_eq!(from_status(State::Stopped, 1), None, "a stopped instance stays stopped");
+        assert_eq!(from_status(State::Faulted, 1), None, "no resurrection through the status word");
+        assert_eq!(from_status(State::Running, 77), None, "garbage is ignored");
+    }
+
+    #[test]
+    fn watchdog_fires_only_after_the_timeout_without_change() {
+        let mut w = Watchdog::default();
+        w.reset(0, 5);
+        assert!(!w.hung(400_000, 5, 500));
+        assert!(w.hung(600_000, 5, 500));
+        assert!(!w.hung(700_000, 6, 500), "a new heartbeat resets it");
+        assert!(!w.hung(1_150_000, 6, 500));
+        assert!(!w.hung(10_000_000, 6, 0), "0 disables it");
+    }
+
+    #[test]
+    fn restart_policy_counts_and_gives_up() {
+        let p = Policy::OnFailure { max_restarts: 2 };
+        assert_eq!(decide(p, State::Faulted, 0, 0), Decision::Restart);
+        assert_eq!(decide(p, State::Hung, 0, 1), Decision::Restart);
+        assert_eq!(decide(p, State::Faulted, 0, 2), Decision::GiveUp);
+        assert_eq!(decide(p, State::Exited, 0, 0), Decision::Leave, "a clean exit is not a failure");
+        assert_eq!(decide(p, State::Exited, 3, 0), Decision::Restart);
+        assert_eq!(decide(Policy::Never, State::Faulted, 0, 0), Decision::Leave);
+        assert_eq!(decide(p, State::Running, 0, 0), Decision::Leave);
+    }
+}
