@@ -166,10 +166,10 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     sup.boot();
     sup.run(parsed.settings.run_ms as u64);
     if sup.finish() {
-        log::info!("manager: all {} instances running", sup.instances.len());
+        log::info!("manager: all {} instances healthy", sup.instances.len());
         qemu::finish(qemu::Verdict::Pass)
     }
-    for i in sup.instances.iter().filter(|i| i.state != platform::lifecycle::State::Running) {
+    for i in sup.instances.iter().filter(|i| !i.healthy()) {
         log::error!("manager: FAIL: instance '{}' is {}{}{}", i.name, i.state.name(),
             if i.reason.is_empty() { "" } else { ": " }, i.reason);
     }

@@ -13,7 +13,8 @@
 //! settings 32 B   run_ms u32, checkin_timeout_ms u32, log_level u32, flags u32, reserved 16 B
 //! files    file_count × 64 B     name[32], offset u64, len u64, fnv1a64 u64, reserved u64
 //! insts    instance_count × 328 B  name[32], file u32, cpu u32, memory u64, base u64,
-//!                 restart u32, max_restarts u32, heartbeat_timeout_ms u32, reserved u32, args[256]
+//!                 restart u32, max_restarts u32, heartbeat_timeout_ms u32, flags u32, args[256]
+//!          flags: bit 0 = the image does not speak the boot protocol
 //! data     the files' bytes, at their offsets
 //! ```
 
@@ -34,6 +35,8 @@ pub const MAX_FILES: usize = 64;
 pub const MAX_INSTANCES: usize = 256;
 /// `cpu` value meaning "any free CPU, in inventory order".
 pub const CPU_AUTO: u32 = u32::MAX;
+/// Instance flag: the image does not speak the boot protocol.
+pub const FLAG_NO_BOOT_PROTOCOL: u32 = 1 << 0;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Restart {
@@ -78,6 +81,9 @@ pub struct Instance {
     pub max_restarts: u32,
     /// 0 = no hang detection.
     pub heartbeat_timeout_ms: u32,
+    /// The image speaks the boot protocol (reports in through its status block). An image that
+    /// does not is healthy once `started`: the manager cannot see more of it.
+    pub boot_protocol: bool,
     pub args: String,
 }
 
@@ -334,6 +340,7 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, BundleError> {
             restart,
             max_restarts: u32_at(e, 60),
             heartbeat_timeout_ms: u32_at(e, 64),
+            boot_protocol: u32_at(e, 68) & FLAG_NO_BOOT_PROTOCOL == 0,
             args: str_field(&e[72..72 + ARGS_LEN], "instance args", i)?,
         });
     }
@@ -397,6 +404,8 @@ impl Bundle {
             out[at + 56..at + 60].copy_from_slice(&restart.to_le_bytes());
             out[at + 60..at + 64].copy_from_slice(&inst.max_restarts.to_le_bytes());
             out[at + 64..at + 68].copy_from_slice(&inst.heartbeat_timeout_ms.to_le_bytes());
+            let flags = if inst.boot_protocol { 0 } else { FLAG_NO_BOOT_PROTOCOL };
+            out[at + 68..at + 72].copy_from_slice(&flags.to_le_bytes());
             put_str(&mut out[at + 72..at + 72 + ARGS_LEN], &inst.args, "instance args")?;
         }
         Ok(out)
@@ -425,6 +434,7 @@ mod tests {
                     restart: Restart::Never,
                     max_restarts: 0,
                     heartbeat_timeout_ms: 0,
+                    boot_protocol: true,
                     args: "x=1".into(),
                 },
                 Instance {
@@ -436,6 +446,7 @@ mod tests {
                     restart: Restart::OnFailure,
                     max_restarts: 3,
                     heartbeat_timeout_ms: 500,
+                    boot_protocol: false,
                     args: String::new(),
                 },
             ],

@@ -118,6 +118,26 @@ pub const CONFLICT_INSTANCES: &[InstanceSpec] = &[
     InstanceSpec { memory_mib: 1024, ..inst("big", "hello", Some(3), "") },
 ];
 
+/// A manifest with an `image =` kernel built outside the SDK, next to a payload.
+pub const FOREIGN_MANIFEST: &str = r#"
+[settings]
+run_ms = 2000
+
+[[instance]]
+name = "spin"
+image = "{spin}"
+memory = "4M"
+base = "0x8000000"
+cpu = 2
+boot_protocol = false
+
+[[instance]]
+name = "hello"
+payload = "hello"
+memory = "8M"
+args = "ticks=3"
+"#;
+
 pub struct Scenario {
     pub name: &'static str,
     pub firmware: Firmware,
@@ -134,6 +154,9 @@ pub struct Scenario {
     pub run_ms: u32,
     /// Console input: (text to wait for, text to type).
     pub input: Vec<(String, String)>,
+    /// A manifest (TOML) to boot instead of `instances`; `{spin}` stands for the path of the
+    /// freestanding test kernel built from tests/images/spin.c.
+    pub manifest: Option<&'static str>,
     /// Returns what is wrong, or `Ok` when the run shows the behaviour.
     pub check: fn(&Outcome) -> Result<(), String>,
 }
@@ -157,6 +180,7 @@ const fn scenario(
         timeout_secs: 120,
         run_ms: 3000,
         input: Vec::new(),
+        manifest: None,
         check,
     }
 }
@@ -222,6 +246,11 @@ pub fn all() -> Vec<Scenario> {
         s.input.push(("[hello] hello: tick 1".into(), "list\r".into()));
         s.input.push(("mk> ".into(), "quit\r".into()));
         s.timeout_secs = 240;
+        v.push(s);
+    }
+    for (name, fw) in [("foreign-image-manifest-bios", Bios), ("foreign-image-manifest-uefi", Uefi)] {
+        let mut s = scenario(name, fw, &[], 4, check_foreign_image);
+        s.manifest = Some(FOREIGN_MANIFEST);
         v.push(s);
     }
     let mut panic = scenario("panic-is-a-failure-bios", Bios, &[], 4, check_panic_reported);
@@ -473,6 +502,21 @@ fn check_twenty_restarts(o: &Outcome) -> Result<(), String> {
     check_running(&list, "compute")?;
     let greetings = console(o, "hello").iter().filter(|l| l.starts_with("hello: checksum ok")).count();
     expect(greetings == 21, || format!("hello verified its image {greetings} times, expected 21"))
+}
+
+fn check_foreign_image(o: &Outcome) -> Result<(), String> {
+    expect(o.verdict.pass, || format!("run failed: {}", o.verdict.reason))?;
+    let list = instances(o)?;
+    let spin = instance(&list, "spin")?;
+    expect(spin["state"] == "started", || format!("spin is {} ({})", spin["state"], spin["reason"]))?;
+    expect(spin["apic_id"] == 2 && spin["region_base"] == 0x800_0000u64, || {
+        format!("spin placed on APIC {} at {}", spin["apic_id"], spin["region_base"])
+    })?;
+    expect(spin["entry"].as_u64().is_some_and(|e| (0x800_0000..0x840_0000).contains(&e)), || {
+        format!("spin's entry {} is not inside its fixed region", spin["entry"])
+    })?;
+    expect(spin["checkin_us"].is_u64(), || "spin never checked in".into())?;
+    check_running(&list, "hello")
 }
 
 fn check_x2apic(o: &Outcome) -> Result<(), String> {

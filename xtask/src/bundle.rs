@@ -40,6 +40,7 @@ pub fn write(specs: &[InstanceSpec], payloads: &[Payload], settings: Settings, o
             restart: if spec.restart_on_failure.is_some() { Restart::OnFailure } else { Restart::Never },
             max_restarts: spec.restart_on_failure.unwrap_or(0),
             heartbeat_timeout_ms: spec.heartbeat_timeout_ms,
+            boot_protocol: true,
             args: spec.args.into(),
         });
     }

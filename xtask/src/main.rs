@@ -384,7 +384,16 @@ fn cmd_test(filter: Option<&str>, no_host: bool) -> anyhow::Result<ExitCode> {
             kernels.insert(s.kernel, build::build_kernel(s.kernel)?);
         }
         let dir = run_dir(s.name)?;
-        let ramdisk = if s.instances.is_empty() {
+        let ramdisk = if let Some(template) = s.manifest {
+            let spin = payloads::build_foreign_image(&build::root(), &build::target_dir())?;
+            let path = dir.join("manifest.toml");
+            std::fs::write(&path, template.replace("{spin}", &spin.display().to_string()))?;
+            let m = manifest::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let bundle = manifest::to_bundle(&m, &payloads).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let out = dir.join("bundle.bin");
+            std::fs::write(&out, bundle.encode().map_err(|e| anyhow::anyhow!("{e}"))?)?;
+            Some(out)
+        } else if s.instances.is_empty() {
             None
         } else {
             let settings = platform::bundle::Settings { run_ms: s.run_ms, ..Default::default() };

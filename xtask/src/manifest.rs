@@ -96,6 +96,9 @@ pub struct InstanceSpec {
     pub restart: Restart,
     pub max_restarts: u32,
     pub heartbeat_timeout_ms: Option<u32>,
+    /// Whether the kernel reports in through the boot protocol (`boot_protocol = false` for an
+    /// image built without the payload SDK or the C header: it is healthy once started).
+    pub boot_protocol: bool,
     /// Line and column of the `payload` or `image` value, for errors found by [`to_bundle`].
     kernel_at: (usize, usize),
 }
@@ -263,6 +266,7 @@ struct RawInstance {
     restart: Option<RestartPolicy>,
     max_restarts: Option<Spanned<u32>>,
     heartbeat_timeout_ms: Option<Spanned<u32>>,
+    boot_protocol: Option<bool>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -683,6 +687,7 @@ fn check_instance(
             restart,
             max_restarts,
             heartbeat_timeout_ms,
+            boot_protocol: raw.boot_protocol.unwrap_or(true),
             kernel_at: src.place(kernel_span.start),
         },
         name_span,
@@ -853,6 +858,7 @@ pub fn to_bundle(manifest: &Manifest, payloads: &[Payload]) -> Result<Bundle, Ma
             restart: inst.restart,
             max_restarts: inst.max_restarts,
             heartbeat_timeout_ms: inst.heartbeat_timeout_ms.unwrap_or(0),
+            boot_protocol: inst.boot_protocol,
             args: inst.args.clone(),
         });
     }
@@ -1297,6 +1303,7 @@ max_restarts = 7
                 restart: Restart::Never,
                 max_restarts: 0,
                 heartbeat_timeout_ms: 0,
+                boot_protocol: true,
                 args: String::new(),
             }
         );

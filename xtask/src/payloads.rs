@@ -19,6 +19,32 @@ use anyhow::{bail, Context};
 
 use crate::build::KERNEL_TARGET;
 
+/// A freestanding kernel outside the SDK (see `tests/images/spin.c`): linked at this fixed
+/// physical address, so a manifest gives it `base` = this value.
+pub const FOREIGN_IMAGE_BASE: u64 = 0x800_0000;
+
+/// Builds `tests/images/spin.c` as a fixed-address ET_EXEC with the system C compiler and
+/// returns its path.
+pub fn build_foreign_image(root: &Path, target_dir: &Path) -> anyhow::Result<PathBuf> {
+    let out_dir = target_dir.join("images");
+    std::fs::create_dir_all(&out_dir)?;
+    let out = out_dir.join("spin.elf");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "gcc".into());
+    let status = Command::new(&cc)
+        .args(["-ffreestanding", "-nostdlib", "-static", "-no-pie", "-fno-pic", "-O2"])
+        .args(["-mno-red-zone", "-mgeneral-regs-only", "-fno-stack-protector"])
+        .arg(format!("-Wl,-Ttext-segment={FOREIGN_IMAGE_BASE:#x}"))
+        .args(["-Wl,-e,_start", "-Wl,--build-id=none", "-o"])
+        .arg(&out)
+        .arg(root.join("tests/images/spin.c"))
+        .status()
+        .with_context(|| format!("running {cc} for tests/images/spin.c (install gcc or set CC)"))?;
+    if !status.success() {
+        bail!("{cc} failed to build tests/images/spin.c");
+    }
+    Ok(out)
+}
+
 /// A built payload: its short name (used in the manager's configuration) and its ELF.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Payload {

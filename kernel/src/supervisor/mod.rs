@@ -157,6 +157,12 @@ impl Instance {
         }
     }
 
+    /// Running, or, for an image that does not speak the boot protocol, started (all the
+    /// manager can know of it).
+    pub fn healthy(&self) -> bool {
+        self.state == State::Running || (!self.spec.boot_protocol && self.state == State::Started)
+    }
+
     /// Refused at boot: it never got a CPU and memory.
     fn has_resources(&self) -> bool {
         self.apic_id.is_some() && self.region.is_some() && self.tramp_page.is_some()
@@ -540,7 +546,7 @@ impl<'a> Supervisor<'a> {
     pub fn finish(&self) -> bool {
         print_table(&self.instances);
         table::emit_report(&self.instances, self.pool_free_frames());
-        self.instances.iter().all(|i| i.state == State::Running)
+        self.instances.iter().all(|i| i.healthy())
     }
 }
 
