@@ -222,7 +222,7 @@ impl Parsed {
             .ok_or(FileError::NoSuchFile { index, count: self.files.len() })?;
         // Bounds were checked by `parse`.
         let bytes = &bundle[f.offset as usize..(f.offset + f.len) as usize];
-        let actual = bootproto_fnv(bytes);
+        let actual = bootproto::fnv1a64(bytes);
         if actual != f.checksum {
             return Err(FileError::ChecksumMismatch {
                 name: f.name.clone(),
@@ -232,17 +232,6 @@ impl Parsed {
         }
         Ok(bytes)
     }
-}
-
-/// FNV-1a 64 (same function as `bootproto::fnv1a64`; duplicated here to keep `platform` free
-/// of payload-facing dependencies is not worth it, so this calls the same algorithm).
-fn bootproto_fnv(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
 }
 
 fn u32_at(b: &[u8], off: usize) -> u32 {
@@ -386,7 +375,7 @@ impl Bundle {
             put_str(&mut out[at..at + NAME_LEN], &f.name, "file name")?;
             out[at + 32..at + 40].copy_from_slice(&(data_off as u64).to_le_bytes());
             out[at + 40..at + 48].copy_from_slice(&(f.data.len() as u64).to_le_bytes());
-            out[at + 48..at + 56].copy_from_slice(&bootproto_fnv(&f.data).to_le_bytes());
+            out[at + 48..at + 56].copy_from_slice(&bootproto::fnv1a64(&f.data).to_le_bytes());
             out[data_off..data_off + f.data.len()].copy_from_slice(&f.data);
             data_off += f.data.len();
         }

@@ -19,3 +19,4 @@ pub mod memmap;
 pub mod pagetable;
 pub mod partition;
 pub mod shell;
+pub mod textgrid;

@@ -107,9 +107,9 @@ pub fn can_start(state: State, has_cpu: bool) -> Result<(), TransitionError> {
 /// instance that the manager considers stopped, failed, or already finished).
 pub fn from_status(current: State, status_word: u32) -> Option<State> {
     let next = match status_word {
-        bootproto_state::RUNNING => State::Running,
-        bootproto_state::EXITED => State::Exited,
-        bootproto_state::FAULTED => State::Faulted,
+        bootproto::state::RUNNING => State::Running,
+        bootproto::state::EXITED => State::Exited,
+        bootproto::state::FAULTED => State::Faulted,
         _ => return None,
     };
     let allowed = match current {
@@ -120,15 +120,6 @@ pub fn from_status(current: State, status_word: u32) -> Option<State> {
         _ => false,
     };
     allowed.then_some(next)
-}
-
-/// The status-block state words (kept equal to `bootproto::state`; a test checks it in the
-/// kernel crate, which depends on both).
-pub mod bootproto_state {
-    pub const NONE: u32 = 0;
-    pub const RUNNING: u32 = 1;
-    pub const EXITED: u32 = 2;
-    pub const FAULTED: u32 = 3;
 }
 
 /// Heartbeat watchdog for one instance.

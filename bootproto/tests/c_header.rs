@@ -1,0 +1,55 @@
+//! The C header must describe exactly the structures the Rust crate defines: compile a small
+//! translation unit with the system C compiler whose static assertions restate the Rust
+//! values (offsets, sizes, constants) next to the header's own assertions.
+
+use std::mem::{offset_of, size_of};
+use std::process::Command;
+
+use bootproto::{BootInfo, ConsoleRing, StatusBlock};
+
+#[test]
+fn the_c_header_matches_the_rust_layout() {
+    let header = concat!(env!("CARGO_MANIFEST_DIR"), "/include/multikernel.h");
+    let checks = [
+        ("sizeof(struct mk_boot_info)", size_of::<BootInfo>()),
+        ("offsetof(struct mk_boot_info, args)", offset_of!(BootInfo, args)),
+        ("offsetof(struct mk_boot_info, console)", offset_of!(BootInfo, console)),
+        ("offsetof(struct mk_boot_info, status)", offset_of!(BootInfo, status)),
+        ("offsetof(struct mk_boot_info, acpi_rsdp)", offset_of!(BootInfo, acpi_rsdp)),
+        ("sizeof(struct mk_status_block)", size_of::<StatusBlock>()),
+        ("offsetof(struct mk_status_block, heartbeat)", offset_of!(StatusBlock, heartbeat)),
+        ("offsetof(struct mk_status_block, fault_rip)", offset_of!(StatusBlock, fault_rip)),
+        ("sizeof(struct mk_console_ring)", size_of::<ConsoleRing>()),
+        ("offsetof(struct mk_console_ring, dropped)", offset_of!(ConsoleRing, dropped)),
+    ];
+    let mut tu = format!("#include \"{header}\"\n");
+    for (expr, value) in checks {
+        tu.push_str(&format!("_Static_assert({expr} == {value}, \"{expr}\");\n"));
+    }
+    tu.push_str(&format!(
+        "_Static_assert(MK_BOOT_INFO_MAGIC == {:#x}ULL, \"magic\");\n\
+         _Static_assert(MK_PROTOCOL_VERSION == {}, \"version\");\n\
+         _Static_assert(MK_STATE_RUNNING == {} && MK_STATE_EXITED == {} && MK_STATE_FAULTED == {}, \"states\");\n",
+        bootproto::BOOT_INFO_MAGIC,
+        bootproto::PROTOCOL_VERSION,
+        bootproto::state::RUNNING,
+        bootproto::state::EXITED,
+        bootproto::state::FAULTED,
+    ));
+    let dir = std::env::temp_dir().join(format!("mk-c-header-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("check.c");
+    std::fs::write(&src, tu).unwrap();
+    let cc = std::env::var("CC").unwrap_or_else(|_| "gcc".into());
+    let out = Command::new(&cc)
+        .args(["-std=c11", "-ffreestanding", "-fsyntax-only", "-Wall", "-Werror"])
+        .arg(&src)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cc} (install gcc or set CC): {e}"));
+    assert!(
+        out.status.success(),
+        "the C header disagrees with the Rust layout:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

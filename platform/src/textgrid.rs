@@ -1,0 +1,195 @@
+//! The cursor of a text console: which cell the next character goes to, and when the screen
+//! must scroll.
+//!
+//! The framebuffer console (`kernel/src/fbcon.rs`) draws pixels; this module decides where.
+//! It keeps no characters: scrolling is done by the renderer (moving its pixel rows up by one
+//! text row and blanking the last), so the only state is the cursor.
+//!
+//! Rules, like a VT100 with auto-wrap on:
+//! - `'\n'` goes to the start of the next row; on the last row it asks for a scroll instead.
+//! - `'\r'` goes to the start of the row.
+//! - `'\t'` is drawn as a space; other control characters and anything outside printable ASCII
+//!   are drawn as `'?'` (the console's font has only ASCII).
+//! - Wrapping is deferred: a character in the last column leaves the cursor *past* the edge,
+//!   and only the next printable character moves to the next row. So a line exactly as wide as
+//!   the screen followed by `'\n'` does not leave an empty row.
+//!
+//! # Invariants
+//! `cols > 0`, `rows > 0`, `row < rows`, `col <= cols` (`col == cols` means a wrap is pending).
+//! Every [`Step::Draw`] names a cell inside the grid.
+
+/// What the renderer must do for one character, in this order: scroll, then draw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// Move every row up by one and blank the last row.
+    pub scroll: bool,
+    /// Draw this glyph in this cell.
+    pub draw: Option<Cell>,
+}
+
+/// A glyph at a cell; `byte` is always printable ASCII (`b' '..=b'~'`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cell {
+    pub col: usize,
+    pub row: usize,
+    pub byte: u8,
+}
+
+/// A cursor on a `cols` x `rows` grid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    cols: usize,
+    rows: usize,
+    col: usize,
+    row: usize,
+}
+
+/// The glyph drawn for `c`: itself if printable ASCII, a space for a tab, `'?'` otherwise.
+pub fn glyph_for(c: char) -> u8 {
+    match c {
+        ' '..='~' => c as u8,
+        '\t' => b' ',
+        _ => b'?',
+    }
+}
+
+impl Cursor {
+    /// A cursor at the top left; `None` if the grid has no cells (a screen too small for one
+    /// character).
+    pub fn new(cols: usize, rows: usize) -> Option<Self> {
+        (cols > 0 && rows > 0).then_some(Self { cols, rows, col: 0, row: 0 })
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// (column, row) of the next character; the column equals `cols` while a wrap is pending.
+    pub fn position(&self) -> (usize, usize) {
+        (self.col, self.row)
+    }
+
+    /// Advances over `c` and says what to draw.
+    pub fn put(&mut self, c: char) -> Step {
+        match c {
+            '\n' => Step { scroll: self.newline(), draw: None },
+            '\r' => {
+                self.col = 0;
+                Step { scroll: false, draw: None }
+            }
+            _ => {
+                let scroll = if self.col >= self.cols { self.newline() } else { false };
+                let cell = Cell { col: self.col, row: self.row, byte: glyph_for(c) };
+                self.col += 1;
+                Step { scroll, draw: Some(cell) }
+            }
+        }
+    }
+
+    /// Moves to the start of the next row; true if the grid must scroll to make that row.
+    fn newline(&mut self) -> bool {
+        self.col = 0;
+        if self.row + 1 < self.rows {
+            self.row += 1;
+            false
+        } else {
+            true
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(cur: &mut Cursor, s: &str) -> Vec<Step> {
+        s.chars().map(|c| cur.put(c)).collect()
+    }
+
+    fn draw(col: usize, row: usize, byte: u8) -> Step {
+        Step { scroll: false, draw: Some(Cell { col, row, byte }) }
+    }
+
+    #[test]
+    fn empty_grid_has_no_cursor() {
+        assert_eq!(Cursor::new(0, 5), None);
+        assert_eq!(Cursor::new(5, 0), None);
+    }
+
+    #[test]
+    fn writes_left_to_right_and_newline_starts_next_row() {
+        let mut cur = Cursor::new(10, 3).unwrap();
+        let steps = run(&mut cur, "ab\nc");
+        assert_eq!(steps[0], draw(0, 0, b'a'));
+        assert_eq!(steps[1], draw(1, 0, b'b'));
+        assert_eq!(steps[2], Step { scroll: false, draw: None });
+        assert_eq!(steps[3], draw(0, 1, b'c'));
+        assert_eq!(cur.position(), (1, 1));
+    }
+
+    #[test]
+    fn wrap_is_deferred_until_the_next_printable_character() {
+        let mut cur = Cursor::new(3, 3).unwrap();
+        run(&mut cur, "abc");
+        assert_eq!(cur.position(), (3, 0));
+        assert_eq!(cur.put('d'), draw(0, 1, b'd'));
+        // A full row followed by '\n' leaves no empty row.
+        let mut cur = Cursor::new(3, 3).unwrap();
+        run(&mut cur, "abc\nd");
+        assert_eq!(cur.position(), (1, 1));
+    }
+
+    #[test]
+    fn newline_on_last_row_scrolls_and_stays_on_last_row() {
+        let mut cur = Cursor::new(4, 2).unwrap();
+        assert_eq!(run(&mut cur, "a\nb\n")[3], Step { scroll: true, draw: None });
+        assert_eq!(cur.position(), (0, 1));
+        assert_eq!(cur.put('c'), draw(0, 1, b'c'));
+    }
+
+    #[test]
+    fn wrapping_off_the_last_row_scrolls_before_drawing() {
+        let mut cur = Cursor::new(2, 1).unwrap();
+        run(&mut cur, "ab");
+        let step = cur.put('c');
+        assert_eq!(step, Step { scroll: true, draw: Some(Cell { col: 0, row: 0, byte: b'c' }) });
+    }
+
+    #[test]
+    fn carriage_return_goes_to_column_zero() {
+        let mut cur = Cursor::new(5, 2).unwrap();
+        run(&mut cur, "abc\rx");
+        assert_eq!(cur.position(), (1, 0));
+    }
+
+    #[test]
+    fn non_ascii_and_controls_become_question_marks() {
+        assert_eq!(glyph_for('é'), b'?');
+        assert_eq!(glyph_for('\u{1b}'), b'?');
+        assert_eq!(glyph_for('\u{7f}'), b'?');
+        assert_eq!(glyph_for('\t'), b' ');
+        assert_eq!(glyph_for('~'), b'~');
+    }
+
+    #[test]
+    fn every_draw_is_inside_the_grid() {
+        let text = "héllo\twörld\n\n\r1234567890abcdefghij\nxyz\u{0}\u{1f600}\n\n\nend";
+        for cols in 1..6 {
+            for rows in 1..4 {
+                let mut cur = Cursor::new(cols, rows).unwrap();
+                for step in run(&mut cur, text) {
+                    if let Some(c) = step.draw {
+                        assert!(c.col < cols && c.row < rows, "{c:?} on {cols}x{rows}");
+                        assert!((b' '..=b'~').contains(&c.byte));
+                    }
+                }
+                let (col, row) = cur.position();
+                assert!(col <= cols && row < rows);
+            }
+        }
+    }
+}
