@@ -9,11 +9,13 @@
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
+#![feature(abi_x86_interrupt)]
 
 extern crate alloc;
 
 mod acpi;
 mod heap;
+mod interrupts;
 mod lapic;
 mod memory;
 mod physmem;
@@ -42,6 +44,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     serial::init(log::LevelFilter::Info);
     let calibration = time::calibrate();
     heap::init();
+    interrupts::init();
     println!();
     println!("multikernel manager {} starting", env!("CARGO_PKG_VERSION"));
     match calibration {
@@ -100,6 +103,14 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
 
     #[cfg(feature = "selftest-panic")]
     panic!("self-test: the manager panics on purpose");
+    #[cfg(feature = "selftest-fault")]
+    {
+        let p = 0x5ead_0000_0000 as *const u64;
+        // SAFETY: none: this self-test reads an unmapped address on purpose, to show that the
+        // manager's page-fault handler reports it.
+        let v = unsafe { p.read_volatile() };
+        log::error!("self-test: read {v:#x} from an unmapped address?");
+    }
 
     if lapic::enable_x2apic_if_supported(cpu_facts().x2apic) {
         log::info!("apic: switched the BSP's local APIC to x2APIC mode");

@@ -18,6 +18,8 @@ pub enum KernelVariant {
     Qemu,
     /// The manager with the `selftest-panic` feature: panics right after its banner.
     SelftestPanic,
+    /// The manager with the `selftest-fault` feature: page-faults right after its banner.
+    SelftestFault,
 }
 
 impl KernelVariant {
@@ -27,6 +29,7 @@ impl KernelVariant {
             KernelVariant::Usb => &[],
             KernelVariant::Qemu => &["qemu-exit"],
             KernelVariant::SelftestPanic => &["qemu-exit", "selftest-panic"],
+            KernelVariant::SelftestFault => &["qemu-exit", "selftest-fault"],
         }
     }
 
@@ -35,6 +38,7 @@ impl KernelVariant {
             KernelVariant::Usb => "usb",
             KernelVariant::Qemu => "qemu",
             KernelVariant::SelftestPanic => "selftest-panic",
+            KernelVariant::SelftestFault => "selftest-fault",
         }
     }
 }
@@ -256,6 +260,11 @@ pub fn all() -> Vec<Scenario> {
     let mut panic = scenario("panic-is-a-failure-bios", Bios, &[], 4, check_panic_reported);
     panic.kernel = KernelVariant::SelftestPanic;
     v.push(panic);
+    for (name, fw) in [("manager-fault-reported-bios", Bios), ("manager-fault-reported-uefi", Uefi)] {
+        let mut s = scenario(name, fw, &[], 4, check_manager_fault);
+        s.kernel = KernelVariant::SelftestFault;
+        v.push(s);
+    }
     v
 }
 
@@ -558,6 +567,15 @@ fn check_banner(o: &Outcome, firmware: &str) -> Result<(), String> {
     expect(boot["rsdp"].as_u64().unwrap_or(0) != 0, || "report has no RSDP".into())?;
     expect(boot["free_frames"].as_u64().unwrap_or(0) > 1000, || "frame allocator is empty".into())?;
     expect(s.contains("manager: boot complete"), || "the manager did not finish booting".into())
+}
+
+fn check_manager_fault(o: &Outcome) -> Result<(), String> {
+    expect(!o.verdict.pass, || "a faulting manager was reported as a pass".into())?;
+    let r = &o.verdict.reason;
+    expect(r.contains("manager CPU exception: page fault (#PF) at address 0x5ead00000000"), || {
+        format!("the verdict does not name the fault: {r}")
+    })?;
+    expect(r.contains("RIP 0x"), || format!("the verdict has no RIP: {r}"))
 }
 
 fn check_panic_reported(o: &Outcome) -> Result<(), String> {
