@@ -15,6 +15,7 @@ use qemu_tests::qemu::{self, Accel, Firmware};
 use qemu_tests::report::{collect_sections, RunReport, REPORT_VERSION};
 use qemu_tests::scenarios::{self, KernelVariant};
 
+mod bench;
 mod build;
 mod bundle;
 mod capture;
@@ -49,6 +50,22 @@ enum Cmd {
         /// The manifest: which kernels to start (default: manifests/default.toml).
         #[arg(long, value_name = "PATH")]
         manifest: Option<PathBuf>,
+    },
+    /// Measure how fast kernels start and restart under QEMU, and the memory the manager uses;
+    /// prints a table of figures.
+    Bench {
+        /// Firmware to boot with.
+        #[arg(long, value_enum, default_value_t = RunFirmware::Bios)]
+        firmware: RunFirmware,
+        /// Number of boots.
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+        /// Restarts of the `hello` instance per boot, through the control shell.
+        #[arg(long, default_value_t = 10)]
+        restarts: u32,
+        /// Number of CPUs.
+        #[arg(long, default_value_t = 4)]
+        smp: u32,
     },
     /// Check a manifest on the host without booting anything.
     ///
@@ -153,6 +170,9 @@ fn main() -> ExitCode {
         Cmd::Build => cmd_build(),
         Cmd::Image { firmware, out, manifest } => cmd_image(firmware, out, manifest),
         Cmd::Check { manifest } => cmd_check(&manifest),
+        Cmd::Bench { firmware, runs, restarts, smp } => {
+            bench::run(firmware.into(), runs, restarts, smp).map(|()| ExitCode::SUCCESS)
+        }
         Cmd::RunQemu(args) => cmd_run_qemu(args),
         Cmd::Test { filter, no_host } => cmd_test(filter.as_deref(), no_host),
         Cmd::Inspect(cmd) => inspect::run(cmd),

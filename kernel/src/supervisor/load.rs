@@ -160,7 +160,10 @@ pub fn scrub(inst: &Instance, window: PhysWindow) -> Result<u64, u64> {
     while at < region.end {
         let n = (region.end - at).min(buf.len() as u64) as usize;
         window.read_bytes(at, &mut buf[..n]);
-        if let Some(i) = buf[..n].iter().position(|&b| b != 0) {
+        // Word-wide first (fast under emulation), byte-wide only to name the culprit.
+        let dirty = buf[..n].chunks(8).any(|w| w.iter().fold(0u8, |a, &b| a | b) != 0);
+        if dirty {
+            let i = buf[..n].iter().position(|&b| b != 0).unwrap_or(0);
             return Err(at + i as u64);
         }
         at += n as u64;

@@ -90,7 +90,22 @@ pub struct Instance {
     /// (time since boot in µs, state entered); the newest [`MAX_TRANSITIONS`].
     pub transitions: Vec<(u64, State)>,
     pub transitions_dropped: u64,
+    /// Durations of the newest stops (INIT, park, drain, scrub and verify) and of the newest
+    /// starts (load, tables, INIT-SIPI-SIPI, check-in, report-in), in µs, for the report and
+    /// `cargo xtask bench`.
+    pub stop_us: Vec<u64>,
+    pub start_us: Vec<u64>,
     console: console::Console,
+}
+
+/// How many stop/start durations each instance keeps.
+const MAX_DURATIONS: usize = 64;
+
+fn push_bounded(v: &mut Vec<u64>, x: u64) {
+    if v.len() == MAX_DURATIONS {
+        v.remove(0);
+    }
+    v.push(x);
 }
 
 impl Instance {
@@ -115,6 +130,8 @@ impl Instance {
             restarts: 0,
             transitions: Vec::new(),
             transitions_dropped: 0,
+            stop_us: Vec::new(),
+            start_us: Vec::new(),
             console: console::Console::default(),
         };
         i.record(State::Loaded);
@@ -324,6 +341,15 @@ impl<'a> Supervisor<'a> {
     /// Stops an instance: INIT to its CPU (back to wait-for-SIPI), console drained, memory
     /// scrubbed and verified, page tables returned to the pool.
     fn stop(&mut self, i: usize) -> Result<(), String> {
+        let t0 = time::micros_since_boot();
+        let r = self.stop_inner(i);
+        if r.is_ok() {
+            push_bounded(&mut self.instances[i].stop_us, time::micros_since_boot() - t0);
+        }
+        r
+    }
+
+    fn stop_inner(&mut self, i: usize) -> Result<(), String> {
         let inst = &mut self.instances[i];
         lifecycle::can_stop(inst.state, inst.has_resources()).map_err(|e| e.to_string())?;
         let apic = inst.apic_id.unwrap_or(u32::MAX);
@@ -400,6 +426,15 @@ impl<'a> Supervisor<'a> {
     }
 
     fn start_stopped(&mut self, i: usize) -> Result<(), String> {
+        let t0 = time::micros_since_boot();
+        let r = self.start_stopped_inner(i);
+        if r.is_ok() {
+            push_bounded(&mut self.instances[i].start_us, time::micros_since_boot() - t0);
+        }
+        r
+    }
+
+    fn start_stopped_inner(&mut self, i: usize) -> Result<(), String> {
         let inst = &self.instances[i];
         lifecycle::can_start(inst.state, inst.has_resources()).map_err(|e| e.to_string())?;
         self.start(&[i]);

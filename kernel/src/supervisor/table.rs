@@ -197,10 +197,29 @@ pub fn emit_report(instances: &[Instance], pool_free: u64) {
         }
         t.push(']');
         l.raw("transitions", &t);
+        l.raw("stop_us", &json_list(&i.stop_us));
+        l.raw("start_us", &json_list(&i.start_us));
+        l.num("page_tables", i.tables.len() as u64);
         items.push_str(&l.finish());
     }
     items.push(']');
     report::Line::new("instances").raw("items", &items).emit();
     let manager = crate::memory::FRAMES.lock().as_ref().map_or(0, |f| f.free_frames());
-    report::Line::new("frames").num("manager_free", manager).num("page_table_pool_free", pool_free).emit();
+    report::Line::new("frames")
+        .num("manager_free", manager)
+        .num("page_table_pool_free", pool_free)
+        .num("heap_used", crate::heap::used_bytes() as u64)
+        .emit();
+}
+
+fn json_list(v: &[u64]) -> String {
+    let mut s = String::from("[");
+    for (k, x) in v.iter().enumerate() {
+        if k > 0 {
+            s.push(',');
+        }
+        s.push_str(&x.to_string());
+    }
+    s.push(']');
+    s
 }
