@@ -71,11 +71,17 @@ pub fn init() {
 }
 
 extern "x86-interrupt" fn divide_error(frame: InterruptStackFrame) {
-    panic!("manager CPU exception: divide error (#DE) at RIP {:#x}", frame.instruction_pointer.as_u64());
+    panic!(
+        "manager CPU exception: divide error (#DE) at RIP {:#x}",
+        frame.instruction_pointer.as_u64()
+    );
 }
 
 extern "x86-interrupt" fn invalid_opcode(frame: InterruptStackFrame) {
-    panic!("manager CPU exception: invalid opcode (#UD) at RIP {:#x}", frame.instruction_pointer.as_u64());
+    panic!(
+        "manager CPU exception: invalid opcode (#UD) at RIP {:#x}",
+        frame.instruction_pointer.as_u64()
+    );
 }
 
 extern "x86-interrupt" fn general_protection(frame: InterruptStackFrame, code: u64) {

@@ -181,8 +181,13 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         qemu::finish(qemu::Verdict::Pass)
     }
     for i in sup.instances.iter().filter(|i| !i.healthy()) {
-        log::error!("manager: FAIL: instance '{}' is {}{}{}", i.name, i.state.name(),
-            if i.reason.is_empty() { "" } else { ": " }, i.reason);
+        log::error!(
+            "manager: FAIL: instance '{}' is {}{}{}",
+            i.name,
+            i.state.name(),
+            if i.reason.is_empty() { "" } else { ": " },
+            i.reason
+        );
     }
     qemu::finish(qemu::Verdict::Fail)
 }
@@ -201,14 +206,11 @@ fn cpu_facts() -> CpuFacts {
     let l0 = __cpuid(0);
     let l1 = __cpuid(1);
     let max_ext = __cpuid(0x8000_0000).eax;
-    let ext1 = if max_ext >= 0x8000_0001 {
-        __cpuid(0x8000_0001).edx
-    } else {
-        0
-    };
+    let ext1 = if max_ext >= 0x8000_0001 { __cpuid(0x8000_0001).edx } else { 0 };
     let base_family = (l1.eax >> 8) & 0xF;
     // SDM Vol. 2A, CPUID leaf 01H: family = base + extended when base is 0Fh.
-    let family = if base_family == 0xF { base_family + ((l1.eax >> 20) & 0xFF) } else { base_family };
+    let family =
+        if base_family == 0xF { base_family + ((l1.eax >> 20) & 0xFF) } else { base_family };
     CpuFacts {
         vendor: platform::apstart::Vendor::from_cpuid(l0.ebx, l0.edx, l0.ecx),
         family,
@@ -261,15 +263,27 @@ fn discover_cpus(
     for n in &inv.notes {
         log::warn!("acpi: {n}");
     }
-    println!("{:>5} {:>8} {:>7} {:>8} {:>14} {:<4}", "uid", "apic_id", "kind", "enabled", "online-capable", "role");
+    println!(
+        "{:>5} {:>8} {:>7} {:>8} {:>14} {:<4}",
+        "uid", "apic_id", "kind", "enabled", "online-capable", "role"
+    );
     let mut items = alloc::string::String::from("[");
     for (i, c) in inv.cpus.iter().enumerate() {
         let kind = match c.kind {
             platform::madt::CpuKind::Lapic => "lapic",
             platform::madt::CpuKind::X2apic => "x2apic",
         };
-        let role = if c.bsp { "BSP" } else if c.startable() { "AP" } else { "-" };
-        println!("{:>5} {:>8} {:>7} {:>8} {:>14} {:<4}", c.uid, c.apic_id, kind, c.enabled, c.online_capable, role);
+        let role = if c.bsp {
+            "BSP"
+        } else if c.startable() {
+            "AP"
+        } else {
+            "-"
+        };
+        println!(
+            "{:>5} {:>8} {:>7} {:>8} {:>14} {:<4}",
+            c.uid, c.apic_id, kind, c.enabled, c.online_capable, role
+        );
         if i > 0 {
             items.push(',');
         }

@@ -17,7 +17,8 @@ static SERIAL: Mutex<Option<SerialPort>> = Mutex::new(None);
 
 /// The shell's prompt is the last thing on the console line: output that follows must start
 /// a new line first (see [`start_line`]).
-pub static PROMPT_SHOWN: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+pub static PROMPT_SHOWN: core::sync::atomic::AtomicBool =
+    core::sync::atomic::AtomicBool::new(false);
 
 /// Ends the prompt's line if the prompt is showing, so output does not run into it.
 pub fn start_line() {

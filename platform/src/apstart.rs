@@ -47,10 +47,9 @@ pub enum IpiError {
 impl fmt::Display for IpiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            IpiError::DeliveryTimeout { apic_id } => write!(
-                f,
-                "the local APIC never reported the IPI to APIC {apic_id} as delivered"
-            ),
+            IpiError::DeliveryTimeout { apic_id } => {
+                write!(f, "the local APIC never reported the IPI to APIC {apic_id} as delivered")
+            }
             IpiError::Unaddressable { apic_id } => write!(
                 f,
                 "APIC ID {apic_id} cannot be addressed in xAPIC mode (IDs above 254 need x2APIC)"
@@ -69,9 +68,14 @@ pub struct Target {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TargetError {
     /// Not a 4 KiB page in 0x1000..0x100000 outside the reserved vectors A0h–BFh.
-    BadPage { apic_id: u32, page: u64 },
+    BadPage {
+        apic_id: u32,
+        page: u64,
+    },
     /// The same CPU appears twice in one start request.
-    Duplicate { apic_id: u32 },
+    Duplicate {
+        apic_id: u32,
+    },
     Ipi(IpiError),
 }
 
@@ -91,7 +95,7 @@ impl fmt::Display for TargetError {
 
 /// The SIPI vector for a start page, if the page is valid (SDM: vectors A0h–BFh reserved).
 pub fn sipi_vector(page: u64) -> Option<u8> {
-    let valid = page % 4096 == 0 && page >= 0x1000 && page < 0x10_0000;
+    let valid = page.is_multiple_of(4096) && (0x1000..0x10_0000).contains(&page);
     let vector = (page >> 12) as u8;
     (valid && !(0xA0..=0xBF).contains(&vector)).then_some(vector)
 }
@@ -132,8 +136,13 @@ pub fn init_delay_needed(vendor: Vendor, family: u32, hypervisor: bool) -> bool 
     }
 }
 
+/// Targets that passed [`check_targets`], each with its SIPI vector.
+pub type Valid = Vec<(Target, u8)>;
+/// Targets refused by [`check_targets`], each with the reason.
+pub type Refused = Vec<(Target, TargetError)>;
+
 /// Checks targets before any IPI; returns the valid ones and a refusal for each other one.
-pub fn check_targets(targets: &[Target]) -> (Vec<(Target, u8)>, Vec<(Target, TargetError)>) {
+pub fn check_targets(targets: &[Target]) -> (Valid, Refused) {
     let mut ok = Vec::new();
     let mut bad = Vec::new();
     for (i, t) in targets.iter().enumerate() {

@@ -183,7 +183,10 @@ impl FrameAllocator {
 }
 
 fn check_aligned(range: Range) -> Result<(), FrameError> {
-    if range.is_empty() || range.start % PAGE_SIZE != 0 || range.end % PAGE_SIZE != 0 {
+    if range.is_empty()
+        || !range.start.is_multiple_of(PAGE_SIZE)
+        || !range.end.is_multiple_of(PAGE_SIZE)
+    {
         return Err(FrameError::Misaligned { range });
     }
     Ok(())

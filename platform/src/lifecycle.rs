@@ -182,10 +182,16 @@ mod tests {
     fn stop_and_start_follow_the_state_machine() {
         assert_eq!(can_stop(State::Running, true), Ok(()));
         assert_eq!(can_stop(State::Faulted, true), Ok(()));
-        assert_eq!(can_stop(State::Stopped, true), Err(TransitionError::NotStoppable(State::Stopped)));
+        assert_eq!(
+            can_stop(State::Stopped, true),
+            Err(TransitionError::NotStoppable(State::Stopped))
+        );
         assert_eq!(can_stop(State::Failed, false), Err(TransitionError::Refused));
         assert_eq!(can_start(State::Stopped, true), Ok(()));
-        assert_eq!(can_start(State::Running, true), Err(TransitionError::NotStartable(State::Running)));
+        assert_eq!(
+            can_start(State::Running, true),
+            Err(TransitionError::NotStartable(State::Running))
+        );
         assert_eq!(can_start(State::Stopped, false), Err(TransitionError::Refused));
         assert_eq!(
             TransitionError::NotStoppable(State::Stopped).to_string(),
@@ -222,7 +228,11 @@ mod tests {
         assert_eq!(decide(p, State::Faulted, 0, 0), Decision::Restart);
         assert_eq!(decide(p, State::Hung, 0, 1), Decision::Restart);
         assert_eq!(decide(p, State::Faulted, 0, 2), Decision::GiveUp);
-        assert_eq!(decide(p, State::Exited, 0, 0), Decision::Leave, "a clean exit is not a failure");
+        assert_eq!(
+            decide(p, State::Exited, 0, 0),
+            Decision::Leave,
+            "a clean exit is not a failure"
+        );
         assert_eq!(decide(p, State::Exited, 3, 0), Decision::Restart);
         assert_eq!(decide(Policy::Never, State::Faulted, 0, 0), Decision::Leave);
         assert_eq!(decide(p, State::Running, 0, 0), Decision::Leave);

@@ -135,7 +135,10 @@ impl<'m, M: TableMemory> Mapper<'m, M> {
     }
 
     fn check(virt: u64, phys: u64, len: u64) -> Result<(), PageTableError> {
-        if virt % PAGE_4K != 0 || phys % PAGE_4K != 0 || len % PAGE_4K != 0 {
+        if !virt.is_multiple_of(PAGE_4K)
+            || !phys.is_multiple_of(PAGE_4K)
+            || !len.is_multiple_of(PAGE_4K)
+        {
             return Err(PageTableError::Misaligned { virt, phys, len });
         }
         let range = PageTableError::OutOfRange { virt, phys, len };

@@ -217,7 +217,9 @@ pub fn all() -> Vec<Scenario> {
     for (name, fw) in [("restart-policy-bios", Bios), ("restart-policy-uefi", Uefi)] {
         v.push(scenario(name, fw, RESTART_INSTANCES, 4, check_restart_policy));
     }
-    for (name, fw) in [("cpu-and-memory-conflicts-bios", Bios), ("cpu-and-memory-conflicts-uefi", Uefi)] {
+    for (name, fw) in
+        [("cpu-and-memory-conflicts-bios", Bios), ("cpu-and-memory-conflicts-uefi", Uefi)]
+    {
         v.push(scenario(name, fw, CONFLICT_INSTANCES, 4, check_conflicts));
     }
     for (name, fw) in [("shell-stop-start-bios", Bios), ("shell-stop-start-uefi", Uefi)] {
@@ -252,7 +254,8 @@ pub fn all() -> Vec<Scenario> {
         s.timeout_secs = 240;
         v.push(s);
     }
-    for (name, fw) in [("foreign-image-manifest-bios", Bios), ("foreign-image-manifest-uefi", Uefi)] {
+    for (name, fw) in [("foreign-image-manifest-bios", Bios), ("foreign-image-manifest-uefi", Uefi)]
+    {
         let mut s = scenario(name, fw, &[], 4, check_foreign_image);
         s.manifest = Some(FOREIGN_MANIFEST);
         v.push(s);
@@ -260,7 +263,8 @@ pub fn all() -> Vec<Scenario> {
     let mut panic = scenario("panic-is-a-failure-bios", Bios, &[], 4, check_panic_reported);
     panic.kernel = KernelVariant::SelftestPanic;
     v.push(panic);
-    for (name, fw) in [("manager-fault-reported-bios", Bios), ("manager-fault-reported-uefi", Uefi)] {
+    for (name, fw) in [("manager-fault-reported-bios", Bios), ("manager-fault-reported-uefi", Uefi)]
+    {
         let mut s = scenario(name, fw, &[], 4, check_manager_fault);
         s.kernel = KernelVariant::SelftestFault;
         v.push(s);
@@ -318,8 +322,12 @@ fn check_cpus(o: &Outcome, smp: u64) -> Result<(), String> {
 
 fn check_running(list: &[Value], name: &str) -> Result<(), String> {
     let i = instance(list, name)?;
-    expect(i["state"] == "running", || format!("instance '{name}' is {} ({})", i["state"], i["reason"]))?;
-    expect(i["heartbeat"].as_u64().unwrap_or(0) > 0, || format!("instance '{name}' never heartbeat"))?;
+    expect(i["state"] == "running", || {
+        format!("instance '{name}' is {} ({})", i["state"], i["reason"])
+    })?;
+    expect(i["heartbeat"].as_u64().unwrap_or(0) > 0, || {
+        format!("instance '{name}' never heartbeat")
+    })?;
     expect(i["checkin_us"].is_u64(), || format!("instance '{name}' has no check-in time"))
 }
 
@@ -336,18 +344,24 @@ fn check_default_run(o: &Outcome, smp: u64) -> Result<(), String> {
     apics.sort();
     expect(apics == [1, 2, 3], || format!("instances ran on APICs {apics:?}, expected 1, 2, 3"))?;
     let hello = console(o, "hello");
-    expect(hello.iter().any(|l| l.contains("checksum ok")), || format!("hello did not verify its image: {hello:?}"))?;
+    expect(hello.iter().any(|l| l.contains("checksum ok")), || {
+        format!("hello did not verify its image: {hello:?}")
+    })?;
     expect(hello.iter().any(|l| l.contains("args \"ticks=5 greeting=side-by-side\"")), || {
         format!("hello did not print its args: {hello:?}")
     })?;
-    expect(hello.iter().any(|l| l.contains("tick 5")), || format!("hello stopped early: {hello:?}"))?;
+    expect(hello.iter().any(|l| l.contains("tick 5")), || {
+        format!("hello stopped early: {hello:?}")
+    })?;
     let compute = console(o, "compute");
     expect(compute.iter().any(|l| l.contains("primes below 100000: 9592")), || {
         format!("compute printed no correct result: {compute:?}")
     })?;
     expect(instance(&list, "compute")?["result"] == 9592, || "compute reported no result".into())?;
     let c = console(o, "hello-c");
-    expect(c.iter().any(|l| l.contains("hello from C")), || format!("the C kernel printed nothing: {c:?}"))
+    expect(c.iter().any(|l| l.contains("hello from C")), || {
+        format!("the C kernel printed nothing: {c:?}")
+    })
 }
 
 fn check_seven(o: &Outcome) -> Result<(), String> {
@@ -357,7 +371,9 @@ fn check_seven(o: &Outcome) -> Result<(), String> {
     expect(list.len() == 7, || format!("{} instances reported, expected 7", list.len()))?;
     for spec in SEVEN_INSTANCES {
         check_running(&list, spec.name)?;
-        expect(!console(o, spec.name).is_empty(), || format!("no console output from {}", spec.name))?;
+        expect(!console(o, spec.name).is_empty(), || {
+            format!("no console output from {}", spec.name)
+        })?;
     }
     let mut apics: Vec<u64> = list.iter().map(|i| i["apic_id"].as_u64().unwrap_or(0)).collect();
     apics.sort();
@@ -377,27 +393,38 @@ fn check_missing_cpu(o: &Outcome) -> Result<(), String> {
     expect(!ghost["region_base"].is_u64(), || "memory was carved for a refused instance".into())?;
     check_running(&list, "hello")?;
     check_running(&list, "hello-c")?;
-    expect(o.serial.contains("ipi: SIPI -> APIC 1") && o.serial.contains("ipi: SIPI -> APIC 3"), || {
-        "the good instances were not started".into()
-    })
+    expect(
+        o.serial.contains("ipi: SIPI -> APIC 1") && o.serial.contains("ipi: SIPI -> APIC 3"),
+        || "the good instances were not started".into(),
+    )
 }
 
 fn check_fault(o: &Outcome) -> Result<(), String> {
     let list = instances(o)?;
     let crash = instance(&list, "crash")?;
-    expect(crash["state"] == "faulted", || format!("crash is {} ({})", crash["state"], crash["reason"]))?;
+    expect(crash["state"] == "faulted", || {
+        format!("crash is {} ({})", crash["state"], crash["reason"])
+    })?;
     expect(crash["fault"]["vector"] == 14, || format!("fault record: {}", crash["fault"]))?;
-    expect(crash["fault"]["cr2"] == 0x7fff_0000_0000u64, || format!("fault CR2: {}", crash["fault"]))?;
+    expect(crash["fault"]["cr2"] == 0x7fff_0000_0000u64, || {
+        format!("fault CR2: {}", crash["fault"])
+    })?;
     let rip = crash["fault"]["rip"].as_u64().unwrap_or(0);
     let base = crash["region_base"].as_u64().unwrap_or(u64::MAX);
     let size = crash["region_size"].as_u64().unwrap_or(0);
-    expect(rip >= base && rip < base + size, || format!("fault RIP {rip:#x} is not inside the instance"))?;
-    expect(o.serial.contains("FAULTED: page fault (#PF) (vector 14)"), || "no fault message on the console".into())?;
+    expect(rip >= base && rip < base + size, || {
+        format!("fault RIP {rip:#x} is not inside the instance")
+    })?;
+    expect(o.serial.contains("FAULTED: page fault (#PF) (vector 14)"), || {
+        "no fault message on the console".into()
+    })?;
     // The neighbours kept going after the fault: hello printed all its ticks.
     check_running(&list, "hello")?;
     check_running(&list, "compute")?;
     let hello = console(o, "hello");
-    expect(hello.iter().any(|l| l.contains("tick 8")), || format!("hello stopped after the fault: {hello:?}"))?;
+    expect(hello.iter().any(|l| l.contains("tick 8")), || {
+        format!("hello stopped after the fault: {hello:?}")
+    })?;
     let hb = instance(&list, "compute")?["heartbeat"].as_u64().unwrap_or(0);
     expect(hb > 20, || format!("compute heartbeat only {hb}"))?;
     expect(!o.verdict.pass, || "a faulted instance must fail the run".into())
@@ -420,9 +447,10 @@ fn check_restart_policy(o: &Outcome) -> Result<(), String> {
     let faults = t.iter().filter(|s| *s == "faulted").count();
     let stops = t.iter().filter(|s| *s == "stopped").count();
     expect(faults == 4 && stops == 3, || format!("crash transitions: {t:?}"))?;
-    expect(o.serial.contains("instance 'crash': faulted again; restart limit of 3 reached"), || {
-        "no message when the restart limit was reached".into()
-    })?;
+    expect(
+        o.serial.contains("instance 'crash': faulted again; restart limit of 3 reached"),
+        || "no message when the restart limit was reached".into(),
+    )?;
     // Each restart scrubbed the region before reloading.
     let scrubs = o.serial.matches("instance 'crash': region").filter(|_| true).count();
     expect(scrubs == 3, || format!("{scrubs} scrub messages for crash, expected 3"))?;
@@ -439,7 +467,9 @@ fn check_restart_policy(o: &Outcome) -> Result<(), String> {
         .filter_map(|l| l.strip_prefix("hello: tick ").and_then(|n| n.trim().parse().ok()))
         .collect();
     expect(ticks == (1..=12).collect::<Vec<_>>(), || format!("hello's ticks: {ticks:?}"))?;
-    expect(instance(&list, "hello")?["console_dropped"] == 0, || "hello lost console bytes".into())?;
+    expect(instance(&list, "hello")?["console_dropped"] == 0, || {
+        "hello lost console bytes".into()
+    })?;
     expect(!o.serial.contains("[hello] ... "), || "hello's ring overflowed".into())
 }
 
@@ -449,15 +479,23 @@ fn check_conflicts(o: &Outcome) -> Result<(), String> {
     let second = instance(&list, "second")?;
     expect(
         second["state"] == "failed"
-            && second["reason"].as_str().unwrap_or("").contains("CPU 2 is already given to instance 'first'"),
+            && second["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("CPU 2 is already given to instance 'first'"),
         || format!("second: {} ({})", second["state"], second["reason"]),
     )?;
     let big = instance(&list, "big")?;
     let reason = big["reason"].as_str().unwrap_or("");
-    expect(big["state"] == "failed" && reason.contains("asks 1 GiB") && reason.contains("largest free run"), || {
-        format!("big: {} ({reason})", big["state"])
+    expect(
+        big["state"] == "failed"
+            && reason.contains("asks 1 GiB")
+            && reason.contains("largest free run"),
+        || format!("big: {} ({reason})", big["state"]),
+    )?;
+    expect(!o.serial.contains("-> APIC 3"), || {
+        "an IPI went to the CPU of the refused instance".into()
     })?;
-    expect(!o.serial.contains("-> APIC 3"), || "an IPI went to the CPU of the refused instance".into())?;
     expect(o.serial.matches("ipi: SIPI -> APIC 2").count() == 2, || {
         "CPU 2 was not started exactly once (two SIPIs)".into()
     })
@@ -471,8 +509,14 @@ fn check_shell(o: &Outcome) -> Result<(), String> {
         ("scrub message", "instance 'hello': region "),
         ("status of a stopped instance", "instance 'hello': stopped"),
         ("second stop refused", "error: cannot stop 'hello': it is already stopped"),
-        ("start of a running instance refused", "error: cannot start 'compute': it is running; only a stopped instance can be started"),
-        ("unknown instance", "error: no instance named 'nosuch' (instances: hello, compute, hello-c)"),
+        (
+            "start of a running instance refused",
+            "error: cannot start 'compute': it is running; only a stopped instance can be started",
+        ),
+        (
+            "unknown instance",
+            "error: no instance named 'nosuch' (instances: hello, compute, hello-c)",
+        ),
         ("unknown command", "error: unknown command 'frobnicate' (try 'help')"),
         ("start confirmation", "started 'hello'"),
         ("log output", "console lines of 'hello':"),
@@ -484,20 +528,25 @@ fn check_shell(o: &Outcome) -> Result<(), String> {
     check_running(&list, "hello")?;
     check_running(&list, "compute")?;
     let t = transitions(instance(&list, "hello")?);
-    expect(t.ends_with(&["running".into(), "stopped".into(), "started".into(), "running".into()]), || {
-        format!("hello transitions: {t:?}")
-    })?;
+    expect(
+        t.ends_with(&["running".into(), "stopped".into(), "started".into(), "running".into()]),
+        || format!("hello transitions: {t:?}"),
+    )?;
     // hello printed its greeting twice: once per start.
-    let greetings = console(o, "hello").iter().filter(|l| l.starts_with("hello: name hello")).count();
+    let greetings =
+        console(o, "hello").iter().filter(|l| l.starts_with("hello: name hello")).count();
     expect(greetings == 2, || format!("hello greeted {greetings} times, expected 2"))?;
     expect(o.verdict.pass, || format!("run failed: {}", o.verdict.reason))
 }
 
 fn check_twenty_restarts(o: &Outcome) -> Result<(), String> {
     expect(o.verdict.pass, || format!("run failed: {}", o.verdict.reason))?;
-    let frames: Vec<&str> = o.serial.lines().filter(|l| l.starts_with("frames: manager ")).collect();
+    let frames: Vec<&str> =
+        o.serial.lines().filter(|l| l.starts_with("frames: manager ")).collect();
     expect(frames.len() == 2, || format!("expected 2 frame counts, got {frames:?}"))?;
-    expect(frames[0] == frames[1], || format!("free frames changed: {} -> {}", frames[0], frames[1]))?;
+    expect(frames[0] == frames[1], || {
+        format!("free frames changed: {} -> {}", frames[0], frames[1])
+    })?;
     let scrubbed = o
         .serial
         .lines()
@@ -509,7 +558,8 @@ fn check_twenty_restarts(o: &Outcome) -> Result<(), String> {
     expect(hello["restarts"] == 20, || format!("hello restarts: {}", hello["restarts"]))?;
     check_running(&list, "hello")?;
     check_running(&list, "compute")?;
-    let greetings = console(o, "hello").iter().filter(|l| l.starts_with("hello: checksum ok")).count();
+    let greetings =
+        console(o, "hello").iter().filter(|l| l.starts_with("hello: checksum ok")).count();
     expect(greetings == 21, || format!("hello verified its image {greetings} times, expected 21"))
 }
 
@@ -517,7 +567,9 @@ fn check_foreign_image(o: &Outcome) -> Result<(), String> {
     expect(o.verdict.pass, || format!("run failed: {}", o.verdict.reason))?;
     let list = instances(o)?;
     let spin = instance(&list, "spin")?;
-    expect(spin["state"] == "started", || format!("spin is {} ({})", spin["state"], spin["reason"]))?;
+    expect(spin["state"] == "started", || {
+        format!("spin is {} ({})", spin["state"], spin["reason"])
+    })?;
     expect(spin["apic_id"] == 2 && spin["region_base"] == 0x800_0000u64, || {
         format!("spin placed on APIC {} at {}", spin["apic_id"], spin["region_base"])
     })?;
@@ -556,9 +608,7 @@ fn check_banner(o: &Outcome, firmware: &str) -> Result<(), String> {
     })?;
     let (sections, _) = collect_sections(s);
     let boot = sections.get("boot").ok_or("no `boot` report section")?;
-    expect(boot["firmware"] == Value::from(firmware), || {
-        format!("report firmware is {}", boot["firmware"])
-    })?;
+    expect(boot["firmware"] == firmware, || format!("report firmware is {}", boot["firmware"]))?;
     // 512 MiB of RAM: well over 400 MiB must be usable, and never more than the machine has.
     let usable = boot["usable_bytes"].as_u64().unwrap_or(0);
     expect((400 << 20..=512 << 20).contains(&usable), || {
@@ -572,9 +622,10 @@ fn check_banner(o: &Outcome, firmware: &str) -> Result<(), String> {
 fn check_manager_fault(o: &Outcome) -> Result<(), String> {
     expect(!o.verdict.pass, || "a faulting manager was reported as a pass".into())?;
     let r = &o.verdict.reason;
-    expect(r.contains("manager CPU exception: page fault (#PF) at address 0x5ead00000000"), || {
-        format!("the verdict does not name the fault: {r}")
-    })?;
+    expect(
+        r.contains("manager CPU exception: page fault (#PF) at address 0x5ead00000000"),
+        || format!("the verdict does not name the fault: {r}"),
+    )?;
     expect(r.contains("RIP 0x"), || format!("the verdict has no RIP: {r}"))
 }
 

@@ -266,7 +266,7 @@ pub fn tss_descriptor(base: u64, limit: u32) -> [u64; 2] {
 
 /// Is `page` a valid SIPI start page?
 pub fn valid_page(page: u64) -> bool {
-    page % PAGE_SIZE as u64 == 0
+    page.is_multiple_of(PAGE_SIZE as u64)
         && page != 0
         && page < 0x10_0000
         && !(0xA_0000..0xC_0000).contains(&page)
@@ -281,10 +281,10 @@ pub fn build_page(
     if !valid_page(page) {
         return Err(TrampolineError::BadPage { page });
     }
-    if target.cr3 % 4096 != 0 || target.cr3 >= 1 << 32 {
+    if !target.cr3.is_multiple_of(4096) || target.cr3 >= 1 << 32 {
         return Err(TrampolineError::BadCr3 { cr3: target.cr3 });
     }
-    if target.stack_top == 0 || target.stack_top % 16 != 0 {
+    if target.stack_top == 0 || !target.stack_top.is_multiple_of(16) {
         return Err(TrampolineError::BadStack { stack_top: target.stack_top });
     }
     if code.bytes.len() > CODE_MAX {

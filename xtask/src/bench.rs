@@ -62,7 +62,11 @@ pub fn run(firmware: Firmware, runs: u32, restarts: u32, smp: u32) -> anyhow::Re
         };
         let outcome = qemu::run(&cfg)?;
         if !outcome.verdict.pass {
-            bail!("bench run {n} failed: {} (log: {})", outcome.verdict.reason, cfg.serial_log.display());
+            bail!(
+                "bench run {n} failed: {} (log: {})",
+                outcome.verdict.reason,
+                cfg.serial_log.display()
+            );
         }
         collect(&outcome.serial, &mut samples, &cfg.serial_log)?;
         eprintln!("bench: run {} of {runs} done ({:.1} s)", n + 1, outcome.duration.as_secs_f64());
@@ -79,14 +83,17 @@ fn collect(serial: &str, s: &mut Samples, log: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("no instances section in {}", log.display()))?;
     for i in instances {
         let t = i["transitions"].as_array().cloned().unwrap_or_default();
-        let at = |state: &str| t.iter().find(|x| x["state"] == state).and_then(|x| x["t_us"].as_u64());
+        let at =
+            |state: &str| t.iter().find(|x| x["state"] == state).and_then(|x| x["t_us"].as_u64());
         if let Some(c) = i["checkin_us"].as_u64() {
             s.checkin_us.push(c);
         }
         if let (Some(a), Some(b)) = (at("started"), at("running")) {
             s.report_in_us.push(b.saturating_sub(a));
         }
-        let nums = |v: &Value| v.as_array().map(|a| a.iter().filter_map(Value::as_u64).collect::<Vec<_>>());
+        let nums = |v: &Value| {
+            v.as_array().map(|a| a.iter().filter_map(Value::as_u64).collect::<Vec<_>>())
+        };
         s.stop_us.extend(nums(&i["stop_us"]).unwrap_or_default());
         s.start_us.extend(nums(&i["start_us"]).unwrap_or_default());
         if let Some(p) = i["page_tables"].as_u64() {
@@ -133,14 +140,9 @@ fn print(s: &Samples, firmware: Firmware, runs: u32, restarts: u32, smp: u32) {
     ];
     for (name, v, unit) in rows {
         match stats(v) {
-            Some((min, med, max)) => println!(
-                "{:<44} {:>6} {:>10} {:>10} {:>10} {unit}",
-                name,
-                v.len(),
-                min,
-                med,
-                max
-            ),
+            Some((min, med, max)) => {
+                println!("{:<44} {:>6} {:>10} {:>10} {:>10} {unit}", name, v.len(), min, med, max)
+            }
             None => println!("{name:<44} {:>6} {:>10}", 0, "-"),
         }
     }

@@ -12,7 +12,12 @@ use qemu_tests::scenarios::InstanceSpec;
 use crate::payloads::Payload;
 
 /// Writes the bundle for `specs` to `out`, reading the payload ELFs built by `payloads`.
-pub fn write(specs: &[InstanceSpec], payloads: &[Payload], settings: Settings, out: &Path) -> anyhow::Result<PathBuf> {
+pub fn write(
+    specs: &[InstanceSpec],
+    payloads: &[Payload],
+    settings: Settings,
+    out: &Path,
+) -> anyhow::Result<PathBuf> {
     let mut bundle = Bundle { settings, ..Bundle::default() };
     for spec in specs {
         let file = match bundle.files.iter().position(|f| f.name == spec.payload) {
@@ -26,7 +31,8 @@ pub fn write(specs: &[InstanceSpec], payloads: &[Payload], settings: Settings, o
                         payloads.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
                     );
                 };
-                let data = std::fs::read(&p.path).with_context(|| format!("reading {}", p.path.display()))?;
+                let data = std::fs::read(&p.path)
+                    .with_context(|| format!("reading {}", p.path.display()))?;
                 bundle.files.push(File { name: spec.payload.into(), data });
                 bundle.files.len() - 1
             }
@@ -37,7 +43,11 @@ pub fn write(specs: &[InstanceSpec], payloads: &[Payload], settings: Settings, o
             cpu: spec.cpu.unwrap_or(CPU_AUTO),
             memory: spec.memory_mib << 20,
             base: None,
-            restart: if spec.restart_on_failure.is_some() { Restart::OnFailure } else { Restart::Never },
+            restart: if spec.restart_on_failure.is_some() {
+                Restart::OnFailure
+            } else {
+                Restart::Never
+            },
             max_restarts: spec.restart_on_failure.unwrap_or(0),
             heartbeat_timeout_ms: spec.heartbeat_timeout_ms,
             boot_protocol: true,

@@ -400,8 +400,8 @@ fn cmd_test(filter: Option<&str>, no_host: bool) -> anyhow::Result<ExitCode> {
                 continue;
             }
         }
-        if !kernels.contains_key(&s.kernel) {
-            kernels.insert(s.kernel, build::build_kernel(s.kernel)?);
+        if let std::collections::hash_map::Entry::Vacant(e) = kernels.entry(s.kernel) {
+            e.insert(build::build_kernel(s.kernel)?);
         }
         let dir = run_dir(s.name)?;
         let ramdisk = if let Some(template) = s.manifest {
@@ -419,13 +419,8 @@ fn cmd_test(filter: Option<&str>, no_host: bool) -> anyhow::Result<ExitCode> {
             let settings = platform::bundle::Settings { run_ms: s.run_ms, ..Default::default() };
             Some(bundle::write(s.instances, &payloads, settings, &dir.join("bundle.bin"))?)
         };
-        let image = build::build_image(
-            &kernels[&s.kernel],
-            ramdisk.as_deref(),
-            s.firmware,
-            &dir,
-            "disk",
-        )?;
+        let image =
+            build::build_image(&kernels[&s.kernel], ramdisk.as_deref(), s.firmware, &dir, "disk")?;
         let cfg = qemu::Config {
             firmware: s.firmware,
             image,

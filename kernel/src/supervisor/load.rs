@@ -45,7 +45,10 @@ pub fn prepare(
         ctx.parsed.file(ctx.bundle_bytes, inst.spec.file).map_err(|e| format!("bundle: {e}"))?;
     let shared = layout::shared(region.start, region.len(), layout::DEFAULT_STACK_BYTES)
         .ok_or_else(|| {
-            format!("its region of {} KiB cannot hold a stack and the shared pages", region.len() >> 10)
+            format!(
+                "its region of {} KiB cannot hold a stack and the shared pages",
+                region.len() >> 10
+            )
         })?;
     let stack_bottom = shared.stack_top - layout::DEFAULT_STACK_BYTES;
     let load_region = loader::Region::new(region.start, stack_bottom - region.start);

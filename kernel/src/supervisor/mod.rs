@@ -229,7 +229,13 @@ impl<'a> Supervisor<'a> {
             instances,
             lapic: machine.lapic,
             init_delay: machine.init_delay,
-            load: load::LoadContext { bundle_bytes, parsed, code, rsdp: machine.rsdp, nx: machine.nx },
+            load: load::LoadContext {
+                bundle_bytes,
+                parsed,
+                code,
+                rsdp: machine.rsdp,
+                nx: machine.nx,
+            },
             pool,
             park_page,
             window: PhysWindow::new(),
@@ -257,10 +263,13 @@ impl<'a> Supervisor<'a> {
             inst.exit_code = 0;
             inst.reason.clear();
             match load::prepare(inst, &self.load, pool, self.window) {
-                Ok(()) => targets.push((i, Target {
-                    apic_id: inst.apic_id.unwrap_or(u32::MAX),
-                    page: inst.tramp_page.unwrap_or(0),
-                })),
+                Ok(()) => targets.push((
+                    i,
+                    Target {
+                        apic_id: inst.apic_id.unwrap_or(u32::MAX),
+                        page: inst.tramp_page.unwrap_or(0),
+                    },
+                )),
                 Err(reason) => {
                     for f in core::mem::take(&mut inst.tables) {
                         let _ = pool.free(Range::new(f, f + 4096));
@@ -394,7 +403,8 @@ impl<'a> Supervisor<'a> {
     /// there, which it can only do after taking the INIT.
     fn park(&mut self, apic: u32) -> Result<(), String> {
         let page = self.park_page.ok_or("no parking page was planned")?;
-        let vector = apstart::sipi_vector(page).ok_or("the parking page is not a valid SIPI page")?;
+        let vector =
+            apstart::sipi_vector(page).ok_or("the parking page is not a valid SIPI page")?;
         self.window.write_bytes(page, &trampoline::build_park_page());
         self.lapic.send_init_assert(apic).map_err(|e| format!("INIT failed: {e}"))?;
         self.lapic.send_init_deassert(apic).map_err(|e| format!("INIT failed: {e}"))?;
@@ -407,7 +417,11 @@ impl<'a> Supervisor<'a> {
         // One SIPI, a second after the SDM's interval if the first was not taken yet, then wait.
         for attempt in 0..2 {
             self.lapic.send_startup(apic, vector).map_err(|e| format!("SIPI failed: {e}"))?;
-            let second = time::Deadline::after_micros(if attempt == 0 { apstart::SIPI_DELAY_US } else { PARK_TIMEOUT_US });
+            let second = time::Deadline::after_micros(if attempt == 0 {
+                apstart::SIPI_DELAY_US
+            } else {
+                PARK_TIMEOUT_US
+            });
             while !second.passed() && !deadline.passed() {
                 if self.window.read_u32(mark) == trampoline::PARK_MAGIC {
                     let id = self.window.read_u32(id_at);
@@ -480,7 +494,8 @@ impl<'a> Supervisor<'a> {
             if let Some(next) = lifecycle::from_status(inst.state, word) {
                 match next {
                     State::Exited => {
-                        inst.exit_code = window.read_u32(s + offset_of!(StatusBlock, exit_code) as u64);
+                        inst.exit_code =
+                            window.read_u32(s + offset_of!(StatusBlock, exit_code) as u64);
                         let why = format!("exit code {}", inst.exit_code);
                         inst.set_state(next, &why);
                     }
@@ -633,10 +648,9 @@ fn assign_cpus(instances: &mut [Instance], inventory: Option<&Inventory>) {
 fn cpu_refusal_text(refusal: CpuRefusal, inv: &Inventory) -> String {
     let ids: Vec<String> = inv.cpus.iter().map(|c| c.apic_id.to_string()).collect();
     match refusal {
-        CpuRefusal::NoSuchCpu { apic_id } => format!(
-            "CPU {apic_id} does not exist: the MADT lists APIC IDs {}",
-            ids.join(", ")
-        ),
+        CpuRefusal::NoSuchCpu { apic_id } => {
+            format!("CPU {apic_id} does not exist: the MADT lists APIC IDs {}", ids.join(", "))
+        }
         CpuRefusal::IsBsp { apic_id } => {
             format!("CPU {apic_id} is the bootstrap CPU, which runs the manager")
         }
@@ -720,6 +734,7 @@ fn carve(
             None => inst.fail("the plan gave it no region".into()),
         }
     }
-    let pool = FrameAllocator::from_regions(&[Region::new(pool.start, pool.end, RegionKind::Usable)]);
+    let pool =
+        FrameAllocator::from_regions(&[Region::new(pool.start, pool.end, RegionKind::Usable)]);
     Some((pool, tramp.end - 4096))
 }

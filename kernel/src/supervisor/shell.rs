@@ -64,9 +64,9 @@ impl Supervisor<'_> {
                 Edit::Line(line) => {
                     serial::PROMPT_SHOWN.store(false, core::sync::atomic::Ordering::Relaxed);
                     println!();
-                    let result = line.map_err(|e| e.to_string_lossy()).and_then(|l| {
-                        shell::parse(&l).map_err(|e| format!("{e}"))
-                    });
+                    let result = line
+                        .map_err(|e| e.to_string_lossy())
+                        .and_then(|l| shell::parse(&l).map_err(|e| format!("{e}")));
                     match result {
                         Ok(Some(cmd)) => self.execute(cmd),
                         Ok(None) => {}
@@ -94,7 +94,11 @@ impl Supervisor<'_> {
                     "frames: manager {manager} free, page-table pool {} free",
                     self.pool_free_frames()
                 );
-                println!("heap: {} KiB of {} KiB used", crate::heap::used_bytes() >> 10, crate::heap::HEAP_SIZE >> 10);
+                println!(
+                    "heap: {} KiB of {} KiB used",
+                    crate::heap::used_bytes() >> 10,
+                    crate::heap::HEAP_SIZE >> 10
+                );
                 Ok(())
             }
             Command::Status(name) => {

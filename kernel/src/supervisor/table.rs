@@ -67,7 +67,9 @@ pub fn print_status(i: &Instance) {
         println!("  reason: {}", i.reason);
     }
     match (i.apic_id, i.region) {
-        (Some(a), Some(r)) => println!("  APIC {a}, region {:#x}..{:#x}, entry {:#x}", r.start, r.end, i.entry),
+        (Some(a), Some(r)) => {
+            println!("  APIC {a}, region {:#x}..{:#x}, entry {:#x}", r.start, r.end, i.entry)
+        }
         _ => println!("  no CPU or memory (refused at boot)"),
     }
     println!(
