@@ -9,8 +9,9 @@
 //! - Glyphs come from `noto-sans-mono-bitmap` (16 px, the font the bootloader's own logger
 //!   uses). Its pixels are intensities, drawn as a foreground colour scaled over black.
 //! - Scrolling copies whole pixel rows up with `copy_within` and blanks the freed rows. It jumps
-//!   by a quarter of the screen at a time: the copy *reads* video memory, which is uncached on
-//!   real machines, so fewer, larger scrolls cost far less than one per line.
+//!   by a quarter of the screen at a time: the copy *reads* video memory, which real machines
+//!   map uncached or write-combining (slow to read), so fewer, larger scrolls cost far less.
+//! - No heap, no interrupts: [`init`] may run first thing in `kernel_main`.
 //!
 //! Limits: printable ASCII only (anything else is drawn as `?`, a tab as a space); two colours,
 //! normal and error ([`write_error_str`]); pixel formats RGB and BGR with 3 or 4 bytes per

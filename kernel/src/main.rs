@@ -14,6 +14,7 @@
 extern crate alloc;
 
 mod acpi;
+mod fbcon;
 mod heap;
 mod interrupts;
 mod lapic;
@@ -42,6 +43,11 @@ entry_point!(kernel_main, config = &BOOTLOADER_CONFIG);
 
 fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     serial::init(log::LevelFilter::Info);
+    // The screen mirrors the console, so a machine without a serial port still shows the log
+    // and, on a panic, keeps the message on screen.
+    if let Some(fb) = boot_info.framebuffer.take() {
+        fbcon::init(fb);
+    }
     let calibration = time::calibrate();
     heap::init();
     interrupts::init();
@@ -68,7 +74,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     let ramdisk = boot_info.ramdisk_addr.into_option();
     log::info!("firmware: {firmware} (inferred from the memory map's region types)");
     for r in &regions {
-        println!("{r}");
+        serial::print_serial_only(format_args!("{r}\n"));
     }
     log::info!(
         "memory: {} regions, {} MiB usable, {} MiB bootloader, {} MiB reserved, usable top {:#x}",

@@ -43,6 +43,15 @@ pub fn init(level: log::LevelFilter) {
 
 /// Writes formatted text to the console (no time stamp, no level).
 pub fn print(args: fmt::Arguments) {
+    crate::fbcon::write_fmt(args);
+    if let Some(port) = SERIAL.lock().as_mut() {
+        let _ = port.write_fmt(args);
+    }
+}
+
+/// Writes to the serial console only, not the screen (long machine-readable listings such as
+/// the memory map, which would push everything else off a screen).
+pub fn print_serial_only(args: fmt::Arguments) {
     if let Some(port) = SERIAL.lock().as_mut() {
         let _ = port.write_fmt(args);
     }
@@ -51,6 +60,7 @@ pub fn print(args: fmt::Arguments) {
 /// Writes to the console even if the lock is held (used by the panic handler, which may run
 /// while the lock's owner is interrupted mid-line; a garbled line beats a silent hang).
 pub fn print_emergency(args: fmt::Arguments) {
+    crate::fbcon::emergency_write_fmt(args);
     if let Some(mut guard) = SERIAL.try_lock() {
         if let Some(port) = guard.as_mut() {
             let _ = port.write_fmt(args);

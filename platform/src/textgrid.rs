@@ -2,11 +2,16 @@
 //! must scroll.
 //!
 //! The framebuffer console (`kernel/src/fbcon.rs`) draws pixels; this module decides where.
-//! It keeps no characters: scrolling is done by the renderer (moving its pixel rows up by one
-//! text row and blanking the last), so the only state is the cursor.
+//! It keeps no characters: scrolling is done by the renderer (moving its pixel rows up and
+//! blanking the rows freed at the bottom), so the only state is the cursor.
+//!
+//! Scrolling jumps by `scroll_rows` rows at a time (chosen at [`Cursor::new`]). A renderer that
+//! scrolls by copying pixels must *read* video memory, which is uncached on real machines and
+//! can be slow; jumping by several rows divides the number of those copies.
 //!
 //! Rules, like a VT100 with auto-wrap on:
-//! - `'\n'` goes to the start of the next row; on the last row it asks for a scroll instead.
+//! - `'\n'` goes to the start of the next row; on the last row it asks for a scroll of
+//!   `scroll_rows` rows and goes to the first row the scroll freed.
 //! - `'\r'` goes to the start of the row.
 //! - `'\t'` is drawn as a space; other control characters and anything outside printable ASCII
 //!   are drawn as `'?'` (the console's font has only ASCII).
@@ -15,14 +20,15 @@
 //!   the screen followed by `'\n'` does not leave an empty row.
 //!
 //! # Invariants
-//! `cols > 0`, `rows > 0`, `row < rows`, `col <= cols` (`col == cols` means a wrap is pending).
+//! `cols > 0`, `rows > 0`, `1 <= scroll_rows <= rows`, `row < rows`, `col <= cols`
+//! (`col == cols` means a wrap is pending).
 //! Every [`Step::Draw`] names a cell inside the grid.
 
 /// What the renderer must do for one character, in this order: scroll, then draw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Step {
-    /// Move every row up by one and blank the last row.
-    pub scroll: bool,
+    /// Move every row up by this many rows and blank that many rows at the bottom (0: none).
+    pub scroll: usize,
     /// Draw this glyph in this cell.
     pub draw: Option<Cell>,
 }
@@ -40,6 +46,7 @@ pub struct Cell {
 pub struct Cursor {
     cols: usize,
     rows: usize,
+    scroll_rows: usize,
     col: usize,
     row: usize,
 }
@@ -54,10 +61,11 @@ pub fn glyph_for(c: char) -> u8 {
 }
 
 impl Cursor {
-    /// A cursor at the top left; `None` if the grid has no cells (a screen too small for one
-    /// character).
-    pub fn new(cols: usize, rows: usize) -> Option<Self> {
-        (cols > 0 && rows > 0).then_some(Self { cols, rows, col: 0, row: 0 })
+    /// A cursor at the top left that scrolls by `scroll_rows` rows (clamped to `1..=rows`);
+    /// `None` if the grid has no cells (a screen too small for one character).
+    pub fn new(cols: usize, rows: usize, scroll_rows: usize) -> Option<Self> {
+        let scroll_rows = scroll_rows.clamp(1, rows.max(1));
+        (cols > 0 && rows > 0).then_some(Self { cols, rows, scroll_rows, col: 0, row: 0 })
     }
 
     pub fn cols(&self) -> usize {
@@ -79,10 +87,10 @@ impl Cursor {
             '\n' => Step { scroll: self.newline(), draw: None },
             '\r' => {
                 self.col = 0;
-                Step { scroll: false, draw: None }
+                Step { scroll: 0, draw: None }
             }
             _ => {
-                let scroll = if self.col >= self.cols { self.newline() } else { false };
+                let scroll = if self.col >= self.cols { self.newline() } else { 0 };
                 let cell = Cell { col: self.col, row: self.row, byte: glyph_for(c) };
                 self.col += 1;
                 Step { scroll, draw: Some(cell) }
@@ -90,14 +98,15 @@ impl Cursor {
         }
     }
 
-    /// Moves to the start of the next row; true if the grid must scroll to make that row.
-    fn newline(&mut self) -> bool {
+    /// Moves to the start of the next row; returns how many rows the grid must scroll first.
+    fn newline(&mut self) -> usize {
         self.col = 0;
         if self.row + 1 < self.rows {
             self.row += 1;
-            false
+            0
         } else {
-            true
+            self.row = self.rows - self.scroll_rows;
+            self.scroll_rows
         }
     }
 }
@@ -111,57 +120,74 @@ mod tests {
     }
 
     fn draw(col: usize, row: usize, byte: u8) -> Step {
-        Step { scroll: false, draw: Some(Cell { col, row, byte }) }
+        Step { scroll: 0, draw: Some(Cell { col, row, byte }) }
     }
 
     #[test]
     fn empty_grid_has_no_cursor() {
-        assert_eq!(Cursor::new(0, 5), None);
-        assert_eq!(Cursor::new(5, 0), None);
+        assert_eq!(Cursor::new(0, 5, 1), None);
+        assert_eq!(Cursor::new(5, 0, 1), None);
     }
 
     #[test]
     fn writes_left_to_right_and_newline_starts_next_row() {
-        let mut cur = Cursor::new(10, 3).unwrap();
+        let mut cur = Cursor::new(10, 3, 1).unwrap();
         let steps = run(&mut cur, "ab\nc");
         assert_eq!(steps[0], draw(0, 0, b'a'));
         assert_eq!(steps[1], draw(1, 0, b'b'));
-        assert_eq!(steps[2], Step { scroll: false, draw: None });
+        assert_eq!(steps[2], Step { scroll: 0, draw: None });
         assert_eq!(steps[3], draw(0, 1, b'c'));
         assert_eq!(cur.position(), (1, 1));
     }
 
     #[test]
     fn wrap_is_deferred_until_the_next_printable_character() {
-        let mut cur = Cursor::new(3, 3).unwrap();
+        let mut cur = Cursor::new(3, 3, 1).unwrap();
         run(&mut cur, "abc");
         assert_eq!(cur.position(), (3, 0));
         assert_eq!(cur.put('d'), draw(0, 1, b'd'));
         // A full row followed by '\n' leaves no empty row.
-        let mut cur = Cursor::new(3, 3).unwrap();
+        let mut cur = Cursor::new(3, 3, 1).unwrap();
         run(&mut cur, "abc\nd");
         assert_eq!(cur.position(), (1, 1));
     }
 
     #[test]
     fn newline_on_last_row_scrolls_and_stays_on_last_row() {
-        let mut cur = Cursor::new(4, 2).unwrap();
-        assert_eq!(run(&mut cur, "a\nb\n")[3], Step { scroll: true, draw: None });
+        let mut cur = Cursor::new(4, 2, 1).unwrap();
+        assert_eq!(run(&mut cur, "a\nb\n")[3], Step { scroll: 1, draw: None });
         assert_eq!(cur.position(), (0, 1));
         assert_eq!(cur.put('c'), draw(0, 1, b'c'));
     }
 
     #[test]
+    fn jump_scroll_frees_several_rows_and_continues_on_the_first() {
+        let mut cur = Cursor::new(4, 8, 3).unwrap();
+        let steps = run(&mut cur, "1\n2\n3\n4\n5\n6\n7\n8\n9");
+        assert_eq!(steps[15], Step { scroll: 3, draw: None });
+        assert_eq!(steps[16], draw(0, 5, b'9'));
+    }
+
+    #[test]
+    fn scroll_rows_is_clamped_to_the_grid() {
+        let mut cur = Cursor::new(4, 2, 99).unwrap();
+        assert_eq!(run(&mut cur, "\n\n")[1], Step { scroll: 2, draw: None });
+        assert_eq!(cur.position(), (0, 0));
+        let mut cur = Cursor::new(4, 1, 0).unwrap();
+        assert_eq!(cur.put('\n'), Step { scroll: 1, draw: None });
+    }
+
+    #[test]
     fn wrapping_off_the_last_row_scrolls_before_drawing() {
-        let mut cur = Cursor::new(2, 1).unwrap();
+        let mut cur = Cursor::new(2, 1, 1).unwrap();
         run(&mut cur, "ab");
         let step = cur.put('c');
-        assert_eq!(step, Step { scroll: true, draw: Some(Cell { col: 0, row: 0, byte: b'c' }) });
+        assert_eq!(step, Step { scroll: 1, draw: Some(Cell { col: 0, row: 0, byte: b'c' }) });
     }
 
     #[test]
     fn carriage_return_goes_to_column_zero() {
-        let mut cur = Cursor::new(5, 2).unwrap();
+        let mut cur = Cursor::new(5, 2, 1).unwrap();
         run(&mut cur, "abc\rx");
         assert_eq!(cur.position(), (1, 0));
     }
@@ -176,19 +202,22 @@ mod tests {
     }
 
     #[test]
-    fn every_draw_is_inside_the_grid() {
+    fn every_draw_and_scroll_stays_inside_the_grid() {
         let text = "héllo\twörld\n\n\r1234567890abcdefghij\nxyz\u{0}\u{1f600}\n\n\nend";
         for cols in 1..6 {
-            for rows in 1..4 {
-                let mut cur = Cursor::new(cols, rows).unwrap();
-                for step in run(&mut cur, text) {
-                    if let Some(c) = step.draw {
-                        assert!(c.col < cols && c.row < rows, "{c:?} on {cols}x{rows}");
-                        assert!((b' '..=b'~').contains(&c.byte));
+            for rows in 1..5 {
+                for jump in 0..6 {
+                    let mut cur = Cursor::new(cols, rows, jump).unwrap();
+                    for step in run(&mut cur, text) {
+                        assert!(step.scroll <= rows);
+                        if let Some(c) = step.draw {
+                            assert!(c.col < cols && c.row < rows, "{c:?} on {cols}x{rows}");
+                            assert!((b' '..=b'~').contains(&c.byte));
+                        }
                     }
+                    let (col, row) = cur.position();
+                    assert!(col <= cols && row < rows);
                 }
-                let (col, row) = cur.position();
-                assert!(col <= cols && row < rows);
             }
         }
     }

@@ -84,6 +84,10 @@ pub struct Config {
     /// Console input to type, each step once its `wait_for` text has appeared (after the
     /// previous step's match): how the tests drive the manager's shell.
     pub input: Vec<InputStep>,
+    /// Once this text appears on the console, take a screenshot of the display (QEMU monitor
+    /// `screendump`, PPM) into the work directory and end the run: how the tests see what a
+    /// machine without a serial port shows.
+    pub screendump_after: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,6 +108,10 @@ pub const QEMU: &str = "qemu-system-x86_64";
 pub const DEBUG_EXIT_DEVICE: &str = "isa-debug-exit,iobase=0xf4,iosize=0x04";
 
 impl Config {
+    fn monitor_socket(&self) -> PathBuf {
+        self.work_dir.join("monitor.sock")
+    }
+
     /// The QEMU argument list (without the program name). Pure, so it is unit-tested.
     pub fn args(&self, ovmf_vars: Option<&Path>) -> anyhow::Result<Vec<String>> {
         let mut a: Vec<String> = Vec::new();
@@ -127,7 +135,10 @@ impl Config {
         push("-display");
         push("none");
         push("-monitor");
-        push("none");
+        match &self.screendump_after {
+            Some(_) => push(&format!("unix:{},server,nowait", self.monitor_socket().display())),
+            None => push("none"),
+        }
         push("-net");
         push("none");
         push("-device");
@@ -166,6 +177,8 @@ pub struct Outcome {
     pub serial: String,
     pub duration: Duration,
     pub command: Vec<String>,
+    /// The screenshot taken for `screendump_after`, if it was taken.
+    pub screendump: Option<PathBuf>,
 }
 
 /// Boots `cfg.image` and waits (bounded) for the verdict.
@@ -202,7 +215,14 @@ pub fn run(cfg: &Config) -> anyhow::Result<Outcome> {
         let serial = std::fs::read_to_string(&cfg.serial_log).unwrap_or_default();
         let ending = status.code().map_or(Ending::Signalled, Ending::Exited);
         let verdict = verdict::decide(&ending, &serial);
-        return Ok(Outcome { ending, verdict, serial, duration: start.elapsed(), command });
+        return Ok(Outcome {
+            ending,
+            verdict,
+            serial,
+            duration: start.elapsed(),
+            command,
+            screendump: None,
+        });
     }
 
     let mut child = Command::new(QEMU)
@@ -247,7 +267,26 @@ pub fn run(cfg: &Config) -> anyhow::Result<Outcome> {
     let mut steps = cfg.input.iter();
     let mut step = steps.next();
     let mut search_from = 0usize;
+    let mut screendump = None;
     let ending = loop {
+        if let (Some(pattern), None) = (&cfg.screendump_after, &screendump) {
+            let seen = {
+                let text = captured.lock().expect("console buffer lock");
+                find_bytes(&text, pattern.as_bytes()).is_some()
+            };
+            if seen {
+                // Let the framebuffer catch up with the serial line, then take the picture.
+                std::thread::sleep(Duration::from_millis(500));
+                let file = cfg.work_dir.join("screen.ppm");
+                match take_screendump(&cfg.monitor_socket(), &file) {
+                    Ok(()) => screendump = Some(file),
+                    Err(e) => eprintln!("screendump failed: {e:#}"),
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+                break Ending::Signalled;
+            }
+        }
         if let (Some(s), Some(input)) = (step, stdin.as_mut()) {
             let found = {
                 let text = captured.lock().expect("console buffer lock");
@@ -288,7 +327,70 @@ pub fn run(cfg: &Config) -> anyhow::Result<Outcome> {
             verdict.reason = format!("{}; QEMU said: {}", verdict.reason, qemu_stderr.trim());
         }
     }
-    Ok(Outcome { ending, verdict, serial, duration, command })
+    Ok(Outcome { ending, verdict, serial, duration, command, screendump })
+}
+
+/// Asks QEMU's monitor for a screenshot and waits (bounded) until the file is complete.
+fn take_screendump(socket: &Path, file: &Path) -> anyhow::Result<()> {
+    use std::os::unix::net::UnixStream;
+    let mut s = UnixStream::connect(socket)
+        .with_context(|| format!("connecting to the QEMU monitor at {}", socket.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    writeln!(s, "screendump {}", file.display())?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = 0;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let len = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+        if len > 0 && len == last {
+            return Ok(());
+        }
+        last = len;
+    }
+    bail!("QEMU wrote no complete screenshot to {} within 10 s", file.display())
+}
+
+/// A decoded binary PPM (P6) image: width, height, RGB bytes.
+pub struct Picture {
+    pub width: usize,
+    pub height: usize,
+    pub rgb: Vec<u8>,
+}
+
+impl Picture {
+    pub fn parse_ppm(bytes: &[u8]) -> anyhow::Result<Picture> {
+        // Header: "P6", width, height, maxval, each separated by whitespace, then one byte.
+        let mut fields = Vec::new();
+        let mut at = 0;
+        while fields.len() < 4 {
+            while at < bytes.len() && bytes[at].is_ascii_whitespace() {
+                at += 1;
+            }
+            let start = at;
+            while at < bytes.len() && !bytes[at].is_ascii_whitespace() {
+                at += 1;
+            }
+            if start == at {
+                bail!("truncated PPM header");
+            }
+            fields.push(String::from_utf8_lossy(&bytes[start..at]).into_owned());
+        }
+        if fields[0] != "P6" || fields[3] != "255" {
+            bail!("not an 8-bit binary PPM ({} {})", fields[0], fields[3]);
+        }
+        let width: usize = fields[1].parse().context("PPM width")?;
+        let height: usize = fields[2].parse().context("PPM height")?;
+        let data = bytes.get(at + 1..).context("PPM has no pixel data")?;
+        if data.len() < width * height * 3 {
+            bail!("PPM pixel data is short");
+        }
+        Ok(Picture { width, height, rgb: data[..width * height * 3].to_vec() })
+    }
+
+    pub fn pixel(&self, x: usize, y: usize) -> (u8, u8, u8) {
+        let i = (y * self.width + x) * 3;
+        (self.rgb[i], self.rgb[i + 1], self.rgb[i + 2])
+    }
 }
 
 /// The offset of the first occurrence of `needle` in `hay`.
@@ -320,6 +422,7 @@ mod tests {
             echo: false,
             interactive: false,
             input: vec![],
+            screendump_after: None,
         }
     }
 
@@ -355,6 +458,26 @@ mod tests {
         let a = joined(&c.args(None).unwrap());
         assert!(a.contains("-accel kvm -cpu qemu64,+x2apic"), "{a}");
         assert!(a.ends_with("-device intel-iommu"));
+    }
+
+    #[test]
+    fn ppm_pictures_parse() {
+        let mut ppm = b"P6\n2 1\n255\n".to_vec();
+        ppm.extend_from_slice(&[255, 0, 0, 0, 0, 9]);
+        let p = Picture::parse_ppm(&ppm).unwrap();
+        assert_eq!((p.width, p.height), (2, 1));
+        assert_eq!(p.pixel(0, 0), (255, 0, 0));
+        assert_eq!(p.pixel(1, 0), (0, 0, 9));
+        assert!(Picture::parse_ppm(b"P5\n1 1\n255\n\0").is_err());
+        assert!(Picture::parse_ppm(b"P6\n4 4\n255\n\0").is_err());
+    }
+
+    #[test]
+    fn screendump_runs_get_a_monitor_socket() {
+        let mut c = cfg(Firmware::Bios);
+        c.screendump_after = Some("PANIC".into());
+        let a = joined(&c.args(None).unwrap());
+        assert!(a.contains("-monitor unix:/tmp/x/monitor.sock,server,nowait"), "{a}");
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub enum KernelVariant {
     SelftestPanic,
     /// The manager with the `selftest-fault` feature: page-faults right after its banner.
     SelftestFault,
+    /// A USB-stick build (no QEMU exit port) that panics on purpose: it must halt and keep the
+    /// message on screen.
+    UsbSelftestPanic,
 }
 
 impl KernelVariant {
@@ -30,6 +33,7 @@ impl KernelVariant {
             KernelVariant::Qemu => &["qemu-exit"],
             KernelVariant::SelftestPanic => &["qemu-exit", "selftest-panic"],
             KernelVariant::SelftestFault => &["qemu-exit", "selftest-fault"],
+            KernelVariant::UsbSelftestPanic => &["selftest-panic"],
         }
     }
 
@@ -39,6 +43,7 @@ impl KernelVariant {
             KernelVariant::Qemu => "qemu",
             KernelVariant::SelftestPanic => "selftest-panic",
             KernelVariant::SelftestFault => "selftest-fault",
+            KernelVariant::UsbSelftestPanic => "usb-selftest-panic",
         }
     }
 }
@@ -158,6 +163,8 @@ pub struct Scenario {
     pub run_ms: u32,
     /// Console input: (text to wait for, text to type).
     pub input: Vec<(String, String)>,
+    /// Take a screenshot once this console text appears, then end the run.
+    pub screendump_after: Option<&'static str>,
     /// A manifest (TOML) to boot instead of `instances`; `{spin}` stands for the path of the
     /// freestanding test kernel built from tests/images/spin.c.
     pub manifest: Option<&'static str>,
@@ -185,6 +192,7 @@ const fn scenario(
         run_ms: 3000,
         input: Vec::new(),
         manifest: None,
+        screendump_after: None,
         check,
     }
 }
@@ -263,6 +271,15 @@ pub fn all() -> Vec<Scenario> {
     let mut panic = scenario("panic-is-a-failure-bios", Bios, &[], 4, check_panic_reported);
     panic.kernel = KernelVariant::SelftestPanic;
     v.push(panic);
+    for (name, fw) in
+        [("usb-panic-stays-on-screen-bios", Bios), ("usb-panic-stays-on-screen-uefi", Uefi)]
+    {
+        let mut s = scenario(name, fw, &[], 4, check_panic_on_screen);
+        s.kernel = KernelVariant::UsbSelftestPanic;
+        s.screendump_after = Some("PANIC: ");
+        s.timeout_secs = 60;
+        v.push(s);
+    }
     for (name, fw) in [("manager-fault-reported-bios", Bios), ("manager-fault-reported-uefi", Uefi)]
     {
         let mut s = scenario(name, fw, &[], 4, check_manager_fault);
@@ -617,6 +634,34 @@ fn check_banner(o: &Outcome, firmware: &str) -> Result<(), String> {
     expect(boot["rsdp"].as_u64().unwrap_or(0) != 0, || "report has no RSDP".into())?;
     expect(boot["free_frames"].as_u64().unwrap_or(0) > 1000, || "frame allocator is empty".into())?;
     expect(s.contains("manager: boot complete"), || "the manager did not finish booting".into())
+}
+
+fn check_panic_on_screen(o: &Outcome) -> Result<(), String> {
+    expect(o.serial.contains("PANIC: self-test: the manager panics on purpose"), || {
+        "no panic message on the serial console".into()
+    })?;
+    expect(matches!(o.ending, crate::verdict::Ending::Signalled), || {
+        format!("a USB build must halt, not end the run itself: {:?}", o.ending)
+    })?;
+    let path = o.screendump.as_ref().ok_or("no screenshot was taken")?;
+    let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let pic = crate::qemu::Picture::parse_ppm(&bytes).map_err(|e| format!("{e:#}"))?;
+    let (mut red, mut light, mut red_lowest) = (0usize, 0usize, 0usize);
+    for y in 0..pic.height {
+        for x in 0..pic.width {
+            let (r, g, b) = pic.pixel(x, y);
+            if r > 150 && g < 110 && b < 110 {
+                red += 1;
+                red_lowest = red_lowest.max(y);
+            } else if r > 150 && g > 150 && b > 150 {
+                light += 1;
+            }
+        }
+    }
+    // Text of the log (light) and the panic line (red) must both be on screen.
+    expect(light > 2000, || format!("the screen shows almost no log text ({light} light pixels)"))?;
+    expect(red > 300, || format!("the panic message is not on screen ({red} red pixels)"))?;
+    expect(red_lowest > 0, || "the red text has no position".into())
 }
 
 fn check_manager_fault(o: &Outcome) -> Result<(), String> {

@@ -59,6 +59,7 @@ pub fn run(firmware: Firmware, runs: u32, restarts: u32, smp: u32) -> anyhow::Re
             echo: false,
             interactive: false,
             input,
+            screendump_after: None,
         };
         let outcome = qemu::run(&cfg)?;
         if !outcome.verdict.pass {

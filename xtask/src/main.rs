@@ -318,6 +318,7 @@ fn cmd_run_qemu(args: RunArgs) -> anyhow::Result<ExitCode> {
         echo: true,
         interactive: args.interactive,
         input: vec![],
+        screendump_after: None,
     };
     eprintln!(
         "xtask: booting {} on {} with -smp {} -m {} ({}), timeout {} s",
@@ -437,6 +438,7 @@ fn cmd_test(filter: Option<&str>, no_host: bool) -> anyhow::Result<ExitCode> {
             echo: false,
             interactive: false,
             input: s.input.iter().map(|(w, t)| qemu::InputStep::new(w, t)).collect(),
+            screendump_after: s.screendump_after.map(String::from),
         };
         let outcome = qemu::run(&cfg)?;
         let report = write_report(&cfg, &outcome, &dir)?;
