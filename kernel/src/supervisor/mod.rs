@@ -95,6 +95,8 @@ pub struct Instance {
     /// `cargo xtask bench`.
     pub stop_us: Vec<u64>,
     pub start_us: Vec<u64>,
+    /// The restart policy has looked at the current failure (reset at every start).
+    policy_done: bool,
     console: console::Console,
 }
 
@@ -132,6 +134,7 @@ impl Instance {
             transitions_dropped: 0,
             stop_us: Vec::new(),
             start_us: Vec::new(),
+            policy_done: false,
             console: console::Console::default(),
         };
         i.record(State::Loaded);
@@ -259,6 +262,7 @@ impl<'a> Supervisor<'a> {
         for &i in idx {
             let inst = &mut self.instances[i];
             inst.console.reset_ring();
+            inst.policy_done = false;
             inst.fault = None;
             inst.exit_code = 0;
             inst.reason.clear();
@@ -456,7 +460,7 @@ impl<'a> Supervisor<'a> {
         let deadline = time::Deadline::after_micros(REPORT_IN_WAIT_US);
         while self.instances[i].state == State::Started && !deadline.passed() {
             time::delay_micros(POLL_INTERVAL_US);
-            self.poll();
+            self.observe(i);
         }
         let inst = &self.instances[i];
         match inst.state {
@@ -465,6 +469,7 @@ impl<'a> Supervisor<'a> {
         }
     }
 
+    /// The shell's `restart`: stop (unless stopped), start, count it.
     fn restart(&mut self, i: usize) -> Result<(), String> {
         let state = self.instances[i].state;
         if state != State::Stopped {
@@ -476,72 +481,89 @@ impl<'a> Supervisor<'a> {
     }
 
     /// One supervision pass over every instance.
+    /// One supervision pass: observe every instance, then apply restart policies.
     fn poll(&mut self) {
+        for i in 0..self.instances.len() {
+            self.observe(i);
+        }
+        self.apply_policies();
+    }
+
+    /// Drains the instance's console and follows its status block and heartbeat. Applies no
+    /// policy, so it is safe to call while an instance is being started.
+    fn observe(&mut self, i: usize) {
         let now = time::micros_since_boot();
         let window = self.window;
+        let inst = &mut self.instances[i];
+        let Some(shared) = inst.shared else { return };
+        console::drain(inst, window);
+        let s = shared.status;
+        let word = window.read_u32(s + offset_of!(StatusBlock, state) as u64);
+        inst.heartbeat = window.read_u64(s + offset_of!(StatusBlock, heartbeat) as u64);
+        inst.result = window.read_u64(s + offset_of!(StatusBlock, result) as u64);
+        if let Some(next) = lifecycle::from_status(inst.state, word) {
+            match next {
+                State::Exited => {
+                    inst.exit_code = window.read_u32(s + offset_of!(StatusBlock, exit_code) as u64);
+                    let why = format!("exit code {}", inst.exit_code);
+                    inst.set_state(next, &why);
+                }
+                State::Faulted => {
+                    let f = read_fault(window, s);
+                    log::error!(
+                        "instance '{}': FAULTED: {} (vector {}), error code {:#x}, RIP {:#x}, CR2 {:#x}, RSP {:#x}; its CPU is parked",
+                        inst.name,
+                        table::vector_name(f.vector),
+                        f.vector,
+                        f.error_code,
+                        f.rip,
+                        f.cr2,
+                        f.rsp
+                    );
+                    inst.fault = Some(f);
+                    inst.set_state(next, table::vector_name(f.vector));
+                }
+                _ => inst.set_state(next, "the payload reported in"),
+            }
+        }
+        if inst.state == State::Running
+            && inst.watchdog.hung(now, inst.heartbeat, inst.spec.heartbeat_timeout_ms)
+        {
+            let why = format!("no heartbeat for {} ms", inst.spec.heartbeat_timeout_ms);
+            inst.reason = why.clone();
+            inst.set_state(State::Hung, &why);
+        }
+    }
+
+    /// Applies each instance's restart policy once per failure (fault, hang, non-zero exit).
+    /// The restart is counted when it is decided, so a restart that itself fails still moves
+    /// the instance towards its limit.
+    fn apply_policies(&mut self) {
         let mut to_restart = Vec::new();
         for (i, inst) in self.instances.iter_mut().enumerate() {
-            if inst.shared.is_none() {
+            if inst.policy_done || !matches!(inst.state, State::Faulted | State::Hung | State::Exited) {
                 continue;
             }
-            console::drain(inst, window);
-            let Some(shared) = inst.shared else { continue };
-            let s = shared.status;
-            let word = window.read_u32(s + offset_of!(StatusBlock, state) as u64);
-            inst.heartbeat = window.read_u64(s + offset_of!(StatusBlock, heartbeat) as u64);
-            inst.result = window.read_u64(s + offset_of!(StatusBlock, result) as u64);
-            let before = inst.state;
-            if let Some(next) = lifecycle::from_status(inst.state, word) {
-                match next {
-                    State::Exited => {
-                        inst.exit_code =
-                            window.read_u32(s + offset_of!(StatusBlock, exit_code) as u64);
-                        let why = format!("exit code {}", inst.exit_code);
-                        inst.set_state(next, &why);
-                    }
-                    State::Faulted => {
-                        let f = read_fault(window, s);
-                        log::error!(
-                            "instance '{}': FAULTED: {} (vector {}), error code {:#x}, RIP {:#x}, CR2 {:#x}, RSP {:#x}; its CPU is parked",
-                            inst.name,
-                            table::vector_name(f.vector),
-                            f.vector,
-                            f.error_code,
-                            f.rip,
-                            f.cr2,
-                            f.rsp
-                        );
-                        inst.fault = Some(f);
-                        inst.set_state(next, table::vector_name(f.vector));
-                    }
-                    _ => inst.set_state(next, "the payload reported in"),
+            inst.policy_done = true;
+            match lifecycle::decide(inst.policy(), inst.state, inst.exit_code, inst.restarts) {
+                Decision::Restart => {
+                    inst.restarts += 1;
+                    to_restart.push(i);
                 }
-            }
-            if inst.state == State::Running
-                && inst.watchdog.hung(now, inst.heartbeat, inst.spec.heartbeat_timeout_ms)
-            {
-                let why = format!("no heartbeat for {} ms", inst.spec.heartbeat_timeout_ms);
-                inst.reason = why.clone();
-                inst.set_state(State::Hung, &why);
-            }
-            if inst.state != before {
-                match lifecycle::decide(inst.policy(), inst.state, inst.exit_code, inst.restarts) {
-                    Decision::Restart => to_restart.push(i),
-                    Decision::GiveUp => log::error!(
-                        "instance '{}': {} again; restart limit of {} reached, leaving it {}",
-                        inst.name,
-                        inst.state,
-                        inst.spec.max_restarts,
-                        inst.state
-                    ),
-                    Decision::Leave => {}
-                }
+                Decision::GiveUp => log::error!(
+                    "instance '{}': {} again; restart limit of {} reached, leaving it {}",
+                    inst.name,
+                    inst.state,
+                    inst.spec.max_restarts,
+                    inst.state
+                ),
+                Decision::Leave => {}
             }
         }
         for i in to_restart {
-            let (name, n) = (self.instances[i].name.clone(), self.instances[i].restarts + 1);
+            let (name, n) = (self.instances[i].name.clone(), self.instances[i].restarts);
             log::info!("instance '{name}': restarting (on-failure policy, restart {n})");
-            if let Err(e) = self.restart(i) {
+            if let Err(e) = self.stop(i).and_then(|()| self.start_stopped(i)) {
                 log::error!("instance '{name}': restart failed: {e}");
             }
         }
