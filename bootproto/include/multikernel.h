@@ -161,7 +161,9 @@ static inline uint64_t mk_ring_write(struct mk_console_ring *ring, const void *b
     if (capacity != 0 && (capacity & (capacity - 1)) == 0 && used <= capacity) {
         free_bytes = capacity - used;
     }
-    size_t written = n < free_bytes ? n : free_bytes;
+    /* A message that does not fit whole is dropped whole (lines arrive intact); only one
+     * larger than the whole ring is cut to what fits. */
+    size_t written = n <= free_bytes ? n : (n > capacity ? free_bytes : 0);
     for (size_t i = 0; i < written; i++) {
         /* volatile: the manager reads these from another CPU after the head store. */
         ((volatile uint8_t *)data)[(head + (uint32_t)i) & (capacity - 1)] = src[i];

@@ -109,8 +109,9 @@ pub struct StatusBlock {
 /// `capacity` bytes (a power of two) directly after this header, and byte `i` of the stream
 /// lives at `data[i % capacity]`. The producer writes bytes, then publishes them by storing
 /// `head` with release ordering; the consumer reads `head` with acquire ordering, copies, then
-/// stores `tail`. When the ring is full the producer drops the bytes and adds their count to
-/// `dropped`: a producer never waits for the manager.
+/// stores `tail`. A message that does not fit whole is dropped whole (so the lines that do
+/// arrive are intact) and its length added to `dropped`: a producer never waits for the
+/// manager.
 #[repr(C)]
 pub struct ConsoleRing {
     pub head: AtomicU32,

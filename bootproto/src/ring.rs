@@ -110,8 +110,10 @@ pub fn free_space(head: u32, tail: u32, capacity: u32) -> u32 {
     capacity.saturating_sub(head.wrapping_sub(tail))
 }
 
-/// Producer: writes as much of `bytes` as fits at `head` and returns the new head and the count
-/// of dropped bytes. The caller publishes the head (release) only after this returns.
+/// Producer: writes `bytes` at `head` and returns the new head and the count of dropped bytes.
+/// A message that does not fit whole is dropped whole, so the lines that arrive are intact;
+/// only a message larger than the whole ring is cut to what fits. The caller publishes the head
+/// (release) only after this returns.
 pub fn produce<D: RingData + ?Sized>(
     head: u32,
     tail: u32,
@@ -120,8 +122,16 @@ pub fn produce<D: RingData + ?Sized>(
     bytes: &[u8],
 ) -> Produced {
     let free = free_space(head, tail, capacity);
+    let fits_whole = usize::try_from(free).is_ok_and(|free| bytes.len() <= free);
+    let larger_than_ring = usize::try_from(capacity).is_ok_and(|cap| bytes.len() > cap);
     // `free <= capacity <= u32::MAX`, so the count fits a u32 whatever the message length.
-    let n = usize::try_from(free).map_or(bytes.len(), |free| bytes.len().min(free));
+    let n = if fits_whole {
+        bytes.len()
+    } else if larger_than_ring {
+        usize::try_from(free).map_or(bytes.len(), |free| bytes.len().min(free))
+    } else {
+        0
+    };
     let mask = capacity.wrapping_sub(1);
     let mut at = head;
     for &b in &bytes[..n] {
@@ -281,16 +291,22 @@ mod tests {
         let ring = header(8, 0, 0);
         let mut data = Buf(vec![0; 8]);
         assert_eq!(write(&ring, &mut data, b"0123456"), 0);
-        assert_eq!(write(&ring, &mut data, b"789"), 2); // one byte fits
-        assert_eq!(write(&ring, &mut data, b"zz"), 2); // full: nothing fits
+        assert_eq!(write(&ring, &mut data, b"789"), 3); // does not fit whole: dropped whole
+        assert_eq!(write(&ring, &mut data, b"z"), 0); // fits
+        assert_eq!(write(&ring, &mut data, b"zz"), 2); // full
         assert_eq!(ring.head.load(Ordering::Relaxed), 8);
-        assert_eq!(ring.dropped.load(Ordering::Relaxed), 4);
+        assert_eq!(ring.dropped.load(Ordering::Relaxed), 5);
         let mut out = [0; 8];
         let c = drain(&ring, 8, &data, &mut out).unwrap();
-        assert_eq!(&out[..c.copied], b"01234567");
+        assert_eq!(&out[..c.copied], b"0123456z");
         // Draining made room again.
         assert_eq!(write(&ring, &mut data, b"ab"), 0);
         assert_eq!(ring.head.load(Ordering::Relaxed), 10);
+        // A message larger than the whole ring is cut to what fits.
+        let big = header(8, 0, 0);
+        let mut d = Buf(vec![0; 8]);
+        assert_eq!(write(&big, &mut d, b"0123456789"), 2);
+        assert_eq!(big.head.load(Ordering::Relaxed), 8);
     }
 
     #[test]

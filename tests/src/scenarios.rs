@@ -48,6 +48,15 @@ impl KernelVariant {
     }
 }
 
+/// Damage done to a payload image inside a scenario's bundle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tamper {
+    /// Flip a byte after the bundle's checksum was computed (a corrupted ramdisk entry).
+    BreakChecksum,
+    /// Make the ELF claim another machine, with a valid checksum (the loader must refuse it).
+    WrongMachine,
+}
+
 /// One instance of a scenario's boot bundle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct InstanceSpec {
@@ -147,6 +156,19 @@ memory = "8M"
 args = "ticks=3"
 "#;
 
+/// One good instance, one whose image was corrupted in the bundle, one the loader refuses.
+pub const REFUSED_IMAGE_INSTANCES: &[InstanceSpec] = &[
+    inst("hello", "hello", Some(1), "ticks=2"),
+    inst("corrupt", "compute", Some(2), ""),
+    inst("badarch", "fault", Some(3), "exit=0"),
+];
+
+/// A kernel that prints far faster than its console ring drains, next to a quiet one.
+pub const FLOOD_INSTANCES: &[InstanceSpec] = &[
+    inst("spam", "fault", Some(1), "flood=20000"),
+    inst("hello", "hello", Some(2), "ticks=5"),
+];
+
 pub struct Scenario {
     pub name: &'static str,
     pub firmware: Firmware,
@@ -163,6 +185,8 @@ pub struct Scenario {
     pub run_ms: u32,
     /// Console input: (text to wait for, text to type).
     pub input: Vec<(String, String)>,
+    /// Images of the bundle to damage, by payload name.
+    pub tamper: &'static [(&'static str, Tamper)],
     /// Take a screenshot once this console text appears, then end the run.
     pub screendump_after: Option<&'static str>,
     /// A manifest (TOML) to boot instead of `instances`; `{spin}` stands for the path of the
@@ -192,6 +216,7 @@ const fn scenario(
         run_ms: 3000,
         input: Vec::new(),
         manifest: None,
+        tamper: &[],
         screendump_after: None,
         check,
     }
@@ -232,6 +257,14 @@ pub fn all() -> Vec<Scenario> {
         [("cpu-and-memory-conflicts-bios", Bios), ("cpu-and-memory-conflicts-uefi", Uefi)]
     {
         v.push(scenario(name, fw, CONFLICT_INSTANCES, 4, check_conflicts));
+    }
+    for (name, fw) in [("refused-images-bios", Bios), ("refused-images-uefi", Uefi)] {
+        let mut s = scenario(name, fw, REFUSED_IMAGE_INSTANCES, 4, check_refused_images);
+        s.tamper = &[("compute", Tamper::BreakChecksum), ("fault", Tamper::WrongMachine)];
+        v.push(s);
+    }
+    for (name, fw) in [("console-flood-bios", Bios), ("console-flood-uefi", Uefi)] {
+        v.push(scenario(name, fw, FLOOD_INSTANCES, 4, check_flood));
     }
     for (name, fw) in [("shell-stop-start-bios", Bios), ("shell-stop-start-uefi", Uefi)] {
         let mut s = scenario(name, fw, DEFAULT_INSTANCES, 4, check_shell);
@@ -604,6 +637,56 @@ fn check_foreign_image(o: &Outcome) -> Result<(), String> {
     })?;
     expect(spin["checkin_us"].is_u64(), || "spin never checked in".into())?;
     check_running(&list, "hello")
+}
+
+fn check_refused_images(o: &Outcome) -> Result<(), String> {
+    expect(!o.verdict.pass, || "a run with refused images must not pass".into())?;
+    let list = instances(o)?;
+    check_running(&list, "hello")?;
+    let corrupt = instance(&list, "corrupt")?;
+    let why = corrupt["reason"].as_str().unwrap_or("");
+    expect(corrupt["state"] == "failed" && why.contains("image 'compute' is corrupted: checksum"), || {
+        format!("corrupt: {} ({why})", corrupt["state"])
+    })?;
+    let bad = instance(&list, "badarch")?;
+    let why = bad["reason"].as_str().unwrap_or("");
+    expect(bad["state"] == "failed" && why.starts_with("image refused:") && why.contains("machine"), || {
+        format!("badarch: {} ({why})", bad["state"])
+    })?;
+    for apic in [2, 3] {
+        expect(!o.serial.contains(&format!("-> APIC {apic}\n")) && !o.serial.contains(&format!("-> APIC {apic}\r")), || {
+            format!("an IPI went to APIC {apic}, whose image was refused")
+        })?;
+    }
+    expect(o.serial.contains("ipi: SIPI -> APIC 1"), || "the good instance was not started".into())
+}
+
+fn check_flood(o: &Outcome) -> Result<(), String> {
+    let list = instances(o)?;
+    let spam = instance(&list, "spam")?;
+    let dropped = spam["console_dropped"].as_u64().unwrap_or(0);
+    expect(dropped > 0, || "the flood lost nothing: the ring never overflowed?".into())?;
+    // Every loss was reported on the console, and the reported counts add up.
+    let reported: u64 = o
+        .serial
+        .lines()
+        .filter_map(|l| l.strip_prefix("[spam] ... "))
+        .filter_map(|l| l.split(' ').next()?.parse::<u64>().ok())
+        .sum();
+    expect(reported == dropped, || format!("console reported {reported} dropped bytes, report says {dropped}"))?;
+    // What arrived arrived in order, and the end of the flood made it through.
+    let numbers: Vec<u32> = console(o, "spam")
+        .iter()
+        .filter_map(|l| l.strip_prefix("fault: flood line ")?.get(..6)?.parse().ok())
+        .collect();
+    expect(numbers.windows(2).all(|w| w[0] < w[1]), || "flood lines arrived out of order".into())?;
+    expect(console(o, "spam").iter().any(|l| *l == "fault: flood done"), || "the flood's last line is missing".into())?;
+    check_running(&list, "spam")?;
+    // The quiet neighbour lost nothing.
+    check_running(&list, "hello")?;
+    expect(instance(&list, "hello")?["console_dropped"] == 0, || "hello lost console bytes".into())?;
+    let ticks = console(o, "hello").iter().filter(|l| l.starts_with("hello: tick ")).count();
+    expect(ticks == 5, || format!("hello printed {ticks} ticks, expected 5"))
 }
 
 fn check_x2apic(o: &Outcome) -> Result<(), String> {

@@ -7,15 +7,17 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use platform::bundle::{Bundle, File, Instance, Restart, Settings, CPU_AUTO};
-use qemu_tests::scenarios::InstanceSpec;
+use qemu_tests::scenarios::{InstanceSpec, Tamper};
 
 use crate::payloads::Payload;
 
-/// Writes the bundle for `specs` to `out`, reading the payload ELFs built by `payloads`.
+/// Writes the bundle for `specs` to `out`, reading the payload ELFs built by `payloads`, and
+/// damaging the named payload images as `tamper` says (tests of the manager's re-checks).
 pub fn write(
     specs: &[InstanceSpec],
     payloads: &[Payload],
     settings: Settings,
+    tamper: &[(&str, Tamper)],
     out: &Path,
 ) -> anyhow::Result<PathBuf> {
     let mut bundle = Bundle { settings, ..Bundle::default() };
@@ -54,7 +56,23 @@ pub fn write(
             args: spec.args.into(),
         });
     }
-    let bytes = bundle.encode().map_err(|e| anyhow::anyhow!("{e}"))?;
+    for (name, t) in tamper {
+        if *t == Tamper::WrongMachine {
+            let f = bundle.files.iter_mut().find(|f| f.name == *name).context("tampered file")?;
+            // e_machine (ELF gABI, "ELF Header", offset 18): EM_AARCH64 instead of EM_X86_64.
+            f.data[18..20].copy_from_slice(&183u16.to_le_bytes());
+        }
+    }
+    let mut bytes = bundle.encode().map_err(|e| anyhow::anyhow!("{e}"))?;
+    for (name, t) in tamper {
+        if *t == Tamper::BreakChecksum {
+            let parsed = platform::bundle::parse(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let f = parsed.files.iter().find(|f| f.name == *name).context("tampered file")?;
+            // Flip a byte in the middle of the image after its checksum was computed.
+            let at = (f.offset + f.len / 2) as usize;
+            bytes[at] ^= 0x5a;
+        }
+    }
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }

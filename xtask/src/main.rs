@@ -190,6 +190,10 @@ fn main() -> ExitCode {
 fn cmd_build() -> anyhow::Result<ExitCode> {
     let kernel = build::build_kernel(KernelVariant::Qemu)?;
     println!("{}", kernel.display());
+    for p in payloads::build_all(&build::root(), &build::target_dir())? {
+        println!("{}", p.path.display());
+    }
+    println!("{}", payloads::build_foreign_image(&build::root(), &build::target_dir())?.display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -418,7 +422,7 @@ fn cmd_test(filter: Option<&str>, no_host: bool) -> anyhow::Result<ExitCode> {
             None
         } else {
             let settings = platform::bundle::Settings { run_ms: s.run_ms, ..Default::default() };
-            Some(bundle::write(s.instances, &payloads, settings, &dir.join("bundle.bin"))?)
+            Some(bundle::write(s.instances, &payloads, settings, s.tamper, &dir.join("bundle.bin"))?)
         };
         let image =
             build::build_image(&kernels[&s.kernel], ramdisk.as_deref(), s.firmware, &dir, "disk")?;

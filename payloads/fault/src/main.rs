@@ -12,6 +12,7 @@
 //! | `hang`        | spins forever without heartbeating                 | RUNNING, heartbeat stops|
 //! | `panic`       | panics (the SDK's handler prints the message)      | EXITED, code 101        |
 //! | `exit=N`      | exits with code `N`                                | EXITED, code N          |
+//! | `flood=N`     | prints N numbered lines as fast as it can, then heartbeats | `... bytes dropped`, RUNNING |
 //! | anything else | prints an error                                    | EXITED, code 2          |
 //!
 //! Each fault is raised in inline assembly, so the compiler can neither remove it nor treat it
@@ -98,6 +99,20 @@ fn main(ctx: &Context) -> ! {
                 core::hint::spin_loop();
             }
         }
+        _ if what.starts_with("flood=") => {
+            let lines = what["flood=".len()..].parse::<u32>().unwrap_or(0);
+            println!("fault: about to print {lines} lines faster than the manager drains them");
+            for i in 0..lines {
+                println!("fault: flood line {i:06} .........................................");
+            }
+            // Give the manager time to drain the ring, so the end of the flood is seen.
+            payload_sdk::time::delay_ms(100);
+            println!("fault: flood done");
+            loop {
+                heartbeat();
+                payload_sdk::time::delay_ms(10);
+            }
+        }
         _ => {
             if let Some(code) = what.strip_prefix("exit=") {
                 match code.parse::<u32>() {
@@ -110,7 +125,7 @@ fn main(ctx: &Context) -> ! {
             } else {
                 println!(
                     "fault: unknown args \"{}\"; expected page-fault, ud, gp, divide, hang, \
-                     panic or exit=N",
+                     panic, flood=N or exit=N",
                     ctx.args()
                 );
             }

@@ -29,14 +29,20 @@ pub struct MadtArgs {
 }
 
 pub fn run(args: MadtArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
     let mut failed = false;
+    let mut out = std::io::stdout().lock();
     for file in &args.files {
         let result = inspect(file);
         failed |= result.is_err();
-        if args.json {
-            println!("{}", to_json(file, &result));
+        let text = if args.json {
+            format!("{}\n", to_json(file, &result))
         } else {
-            print!("{}", to_text(file, &result));
+            to_text(file, &result)
+        };
+        // A closed pipe (`| head`) ends the listing quietly instead of panicking.
+        if out.write_all(text.as_bytes()).is_err() {
+            break;
         }
     }
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
