@@ -27,6 +27,32 @@ use crate::{
     STAGE_JUMPING, STAGE_LONG, STAGE_PROTECTED, STAGE_REAL,
 };
 
+/// This CPU's APIC ID into `%esi`: the x2APIC ID from CPUID leaf 0Bh when the CPU has that
+/// leaf, else the initial APIC ID from leaf 1 (EBX bits 31:24). SDM Vol. 3A, "Identifying
+/// Logical Processors in an MP System". Clobbers EAX-EDX and the local labels 1 and 2; used
+/// by the long-mode trampoline and the real-mode parking code alike.
+macro_rules! read_apic_id_into_esi {
+    () => {
+        "
+    xorl %eax, %eax
+    cpuid
+    cmpl $0xb, %eax
+    jb 1f
+    movl $0xb, %eax
+    xorl %ecx, %ecx
+    cpuid
+    movl %edx, %esi
+    jmp 2f
+1:
+    movl $1, %eax
+    cpuid
+    shrl $24, %ebx
+    movl %ebx, %esi
+2:
+"
+    };
+}
+
 global_asm!(
     r#"
     .pushsection .rodata.mk_trampoline, "a"
@@ -81,21 +107,9 @@ mk_trampoline_lm64:
     lidtq {p_idtr}(%r15)
     movw ${sel_tss}, %ax
     ltr %ax
-    xorl %eax, %eax
-    cpuid
-    cmpl $0xb, %eax
-    jb 1f
-    movl $0xb, %eax
-    xorl %ecx, %ecx
-    cpuid
-    movl %edx, %esi
-    jmp 2f
-1:
-    movl $1, %eax
-    cpuid
-    shrl $24, %ebx
-    movl %ebx, %esi
-2:
+"#,
+    read_apic_id_into_esi!(),
+    r#"
     movl %esi, {p_apic}(%r15)
     rdtsc
     shlq $32, %rdx
@@ -269,21 +283,9 @@ global_asm!(
 mk_park_start:
     .code16
     cli
-    xorl %eax, %eax
-    cpuid
-    cmpl $0xb, %eax
-    jb 1f
-    movl $0xb, %eax
-    xorl %ecx, %ecx
-    cpuid
-    movl %edx, %esi
-    jmp 2f
-1:
-    movl $1, %eax
-    cpuid
-    shrl $24, %ebx
-    movl %ebx, %esi
-2:
+"#,
+    read_apic_id_into_esi!(),
+    r#"
     movw %cs, %ax
     movw %ax, %ds
     movl %esi, {park_apic}

@@ -422,7 +422,13 @@ fn cmd_test(filter: Option<&str>, no_host: bool) -> anyhow::Result<ExitCode> {
             None
         } else {
             let settings = platform::bundle::Settings { run_ms: s.run_ms, ..Default::default() };
-            Some(bundle::write(s.instances, &payloads, settings, s.tamper, &dir.join("bundle.bin"))?)
+            Some(bundle::write(
+                s.instances,
+                &payloads,
+                settings,
+                s.tamper,
+                &dir.join("bundle.bin"),
+            )?)
         };
         let image =
             build::build_image(&kernels[&s.kernel], ramdisk.as_deref(), s.firmware, &dir, "disk")?;

@@ -354,12 +354,20 @@ impl<'a> Supervisor<'a> {
     /// Stops an instance: INIT to its CPU (back to wait-for-SIPI), console drained, memory
     /// scrubbed and verified, page tables returned to the pool.
     fn stop(&mut self, i: usize) -> Result<(), String> {
+        self.timed(i, Self::stop_inner, |inst| &mut inst.stop_us)
+    }
+
+    /// Runs a lifecycle operation on instance `i`, recording how long it took if it succeeded.
+    fn timed(
+        &mut self,
+        i: usize,
+        op: fn(&mut Self, usize) -> Result<(), String>,
+        durations: fn(&mut Instance) -> &mut Vec<u64>,
+    ) -> Result<(), String> {
         let t0 = time::micros_since_boot();
-        let r = self.stop_inner(i);
-        if r.is_ok() {
-            push_bounded(&mut self.instances[i].stop_us, time::micros_since_boot() - t0);
-        }
-        r
+        op(self, i)?;
+        push_bounded(durations(&mut self.instances[i]), time::micros_since_boot() - t0);
+        Ok(())
     }
 
     fn stop_inner(&mut self, i: usize) -> Result<(), String> {
@@ -444,12 +452,7 @@ impl<'a> Supervisor<'a> {
     }
 
     fn start_stopped(&mut self, i: usize) -> Result<(), String> {
-        let t0 = time::micros_since_boot();
-        let r = self.start_stopped_inner(i);
-        if r.is_ok() {
-            push_bounded(&mut self.instances[i].start_us, time::micros_since_boot() - t0);
-        }
-        r
+        self.timed(i, Self::start_stopped_inner, |inst| &mut inst.start_us)
     }
 
     fn start_stopped_inner(&mut self, i: usize) -> Result<(), String> {
@@ -541,7 +544,9 @@ impl<'a> Supervisor<'a> {
     fn apply_policies(&mut self) {
         let mut to_restart = Vec::new();
         for (i, inst) in self.instances.iter_mut().enumerate() {
-            if inst.policy_done || !matches!(inst.state, State::Faulted | State::Hung | State::Exited) {
+            if inst.policy_done
+                || !matches!(inst.state, State::Faulted | State::Hung | State::Exited)
+            {
                 continue;
             }
             inst.policy_done = true;
