@@ -77,10 +77,11 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         serial::print_serial_only(format_args!("{r}\n"));
     }
     log::info!(
-        "memory: {} regions, {} MiB usable, {} MiB bootloader, {} MiB reserved, usable top {:#x}",
+        "memory: {} regions, {} MiB usable, {} MiB bootloader, {} KiB reserved below the top of RAM ({} MiB of reserved address space in all), usable top {:#x}",
         summary.regions,
         summary.usable_bytes >> 20,
         summary.bootloader_bytes >> 20,
+        summary.reserved_below_top >> 10,
         summary.reserved_bytes >> 20,
         summary.usable_top
     );
@@ -99,6 +100,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         .str("firmware", &report::fmt_string(format_args!("{firmware}")))
         .num("usable_bytes", summary.usable_bytes)
         .num("reserved_bytes", summary.reserved_bytes)
+        .num("reserved_below_top", summary.reserved_below_top)
         .num("bootloader_bytes", summary.bootloader_bytes)
         .num("rsdp", rsdp.unwrap_or(0))
         .num("ramdisk", ramdisk.unwrap_or(0))

@@ -143,11 +143,24 @@ pub struct Summary {
     pub reserved_bytes: u64,
     /// One past the highest usable byte.
     pub usable_top: u64,
+    /// The part of `reserved_bytes` below `usable_top`: what firmware keeps out of RAM, as
+    /// opposed to address-space windows above it (MMIO, QEMU's 12 GiB HyperTransport hole).
+    pub reserved_below_top: u64,
 }
 
 pub fn summarize(regions: &[Region]) -> Summary {
     let mut s = Summary { regions: regions.len(), ..Summary::default() };
+    let top = regions
+        .iter()
+        .filter(|r| r.kind == RegionKind::Usable)
+        .map(|r| r.end)
+        .max()
+        .unwrap_or(0);
     for r in regions {
+        if matches!(r.kind, RegionKind::Bios(_) | RegionKind::Uefi(_)) && r.start < top {
+            let end = r.end.min(top);
+            s.reserved_below_top = s.reserved_below_top.saturating_add(end - r.start);
+        }
         match r.kind {
             RegionKind::Usable => {
                 s.usable_bytes = s.usable_bytes.saturating_add(r.len());
@@ -317,6 +330,9 @@ mod tests {
         assert_eq!(s.reserved_bytes, 0x400);
         assert_eq!(s.bootloader_bytes, 0x100000);
         assert_eq!(s.usable_top, 0x1000000);
+        assert_eq!(s.reserved_below_top, 0x400);
+        let with_hole = [map[0], Region::new(0xfd_0000_0000, 0x100_0000_0000, RegionKind::Bios(2))];
+        assert_eq!(summarize(&with_hole).reserved_below_top, 0, "windows above RAM are not RAM");
     }
 
     #[test]

@@ -1,0 +1,102 @@
+//! Replays the fuzz seed corpora (platform/fuzz/corpus/) through the parsers, so CI checks
+//! them without running the fuzzer, and regenerates the bundle seeds (`--ignored`).
+
+use std::path::PathBuf;
+
+use platform::bundle::{self, Bundle, File, Instance, Restart, Settings, CPU_AUTO};
+use platform::madt;
+
+fn corpus(name: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(name);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "{} holds no seeds", dir.display());
+    files.into_iter().map(|p| (p.clone(), std::fs::read(&p).unwrap())).collect()
+}
+
+#[test]
+fn madt_seeds_parse_or_fail_cleanly() {
+    let mut parsed = 0;
+    for (path, bytes) in corpus("madt") {
+        // Every seed, and every truncation of it, must give a result, never a panic.
+        for cut in [bytes.len(), bytes.len() / 2, 45, 44, 36, 3, 0] {
+            let _ = madt::parse(&bytes[..cut.min(bytes.len())]);
+        }
+        parsed += madt::parse(&bytes).is_ok() as usize;
+        let _ = path;
+    }
+    assert!(parsed >= 10, "the captured tables in the corpus must parse ({parsed} did)");
+}
+
+#[test]
+fn bundle_seeds_parse_or_fail_cleanly() {
+    for (path, bytes) in corpus("bundle") {
+        let p = bundle::parse(&bytes);
+        assert!(p.is_ok(), "{}: {p:?}", path.display());
+        let p = p.unwrap();
+        for i in 0..p.files.len() as u32 {
+            assert!(p.file(&bytes, i).is_ok());
+        }
+    }
+}
+
+/// `cargo test -p platform --test fuzz_corpus -- --ignored` rewrites the bundle seeds.
+#[test]
+#[ignore]
+fn regenerate_bundle_seeds() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/bundle");
+    std::fs::create_dir_all(&dir).unwrap();
+    let elf_like = |n: u8| {
+        let mut v = b"\x7fELF".to_vec();
+        v.extend(std::iter::repeat_n(n, 60));
+        v
+    };
+    let inst = |name: &str, file: u32, cpu: u32| Instance {
+        name: name.into(),
+        file,
+        cpu,
+        memory: 8 << 20,
+        base: None,
+        restart: Restart::Never,
+        max_restarts: 0,
+        heartbeat_timeout_ms: 0,
+        boot_protocol: true,
+        args: "ticks=5".into(),
+    };
+    let seeds = [
+        ("empty.bin", Bundle::default()),
+        (
+            "two-instances.bin",
+            Bundle {
+                settings: Settings::default(),
+                files: vec![File { name: "a".into(), data: elf_like(1) }],
+                instances: vec![inst("x", 0, 1), inst("y", 0, CPU_AUTO)],
+            },
+        ),
+        (
+            "restart-and-foreign.bin",
+            Bundle {
+                settings: Settings { run_ms: 0, ..Settings::default() },
+                files: vec![
+                    File { name: "a".into(), data: elf_like(2) },
+                    File { name: "b".into(), data: elf_like(3) },
+                ],
+                instances: vec![
+                    Instance {
+                        restart: Restart::OnFailure,
+                        max_restarts: 3,
+                        heartbeat_timeout_ms: 500,
+                        ..inst("r", 1, 2)
+                    },
+                    Instance { boot_protocol: false, base: Some(0x800_0000), ..inst("f", 0, 3) },
+                ],
+            },
+        ),
+    ];
+    for (name, b) in seeds {
+        std::fs::write(dir.join(name), b.encode().unwrap()).unwrap();
+    }
+}
