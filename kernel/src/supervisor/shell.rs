@@ -65,7 +65,7 @@ impl Supervisor<'_> {
                     serial::PROMPT_SHOWN.store(false, core::sync::atomic::Ordering::Relaxed);
                     println!();
                     let result = line
-                        .map_err(|e| e.to_string_lossy())
+                        .map_err(|e| format!("{e}"))
                         .and_then(|l| shell::parse(&l).map_err(|e| format!("{e}")));
                     match result {
                         Ok(Some(cmd)) => self.execute(cmd),
@@ -134,15 +134,5 @@ impl Supervisor<'_> {
         if let Err(e) = outcome {
             println!("error: {e}");
         }
-    }
-}
-
-trait Lossy {
-    fn to_string_lossy(&self) -> String;
-}
-
-impl Lossy for platform::shell::ShellError {
-    fn to_string_lossy(&self) -> String {
-        format!("{self}")
     }
 }
