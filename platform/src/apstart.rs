@@ -7,6 +7,14 @@
 //! processors need; later ones ignore it) and skip the de-assert in x2APIC mode, where that
 //! message type does not exist.
 //!
+//! Each INIT is preceded by a Start-up IPI naming the same page. A processor that is not in
+//! wait-for-SIPI ignores it (SDM), so on hardware it does nothing; but QEMU's TCG latches a SIPI
+//! that reaches a running CPU and replays it, with the *newest* vector, right after the CPU's
+//! next INIT. Observed here: the second SIPI of one start, latched while the AP ran, replayed
+//! after the INIT that stopped it, restarted the old trampoline page (whose TSS was already
+//! busy) and triple-faulted the machine. Naming the intended page first makes any replay go
+//! where the manager wants the CPU anyway.
+//!
 //! Every target is sent each step before the next step starts, so all APs start together and
 //! no AP waits for another. The 10 ms INIT wait follows Linux's rule (`smp_quirk_init_udelay`):
 //! processors that do not need it (Intel family 6 and later, AMD/Hygon family 0Fh and later)
@@ -172,9 +180,19 @@ pub fn start_all(
     let mut failed: Vec<(u32, IpiError)> = Vec::new();
     let live = |failed: &Vec<(u32, IpiError)>, id: u32| !failed.iter().any(|(f, _)| *f == id);
 
-    for (t, _) in &valid {
-        if let Err(e) = ipi.send_init_assert(t.apic_id) {
+    // A SIPI before the INIT: ignored by a processor that is not waiting for one (SDM), but it
+    // makes sure an emulator that latched an earlier SIPI and replays it after the INIT (QEMU's
+    // TCG does) sends the CPU to *this* page. See the module docs.
+    for (t, v) in &valid {
+        if let Err(e) = ipi.send_startup(t.apic_id, *v) {
             failed.push((t.apic_id, e));
+        }
+    }
+    for (t, _) in &valid {
+        if live(&failed, t.apic_id) {
+            if let Err(e) = ipi.send_init_assert(t.apic_id) {
+                failed.push((t.apic_id, e));
+            }
         }
     }
     if init_delay {
@@ -266,6 +284,8 @@ mod tests {
         assert_eq!(
             ipi.log,
             vec![
+                Ev::Sipi(1, 8),
+                Ev::Sipi(2, 9),
                 Ev::Init(1),
                 Ev::Init(2),
                 Ev::Deassert(1),
@@ -304,8 +324,11 @@ mod tests {
         assert_eq!(r[2].1, Err(TargetError::BadPage { apic_id: 5, page: 0xA_0000 }));
         assert_eq!(r[3].1, Err(TargetError::Duplicate { apic_id: 1 }));
         assert!(matches!(r[4].1, Err(TargetError::BadPage { apic_id: 6, .. })));
-        assert!(!ipi.log.iter().any(|e| matches!(e, Ev::Init(5) | Ev::Init(6) | Ev::Sipi(2, _))));
-        assert_eq!(ipi.log.iter().filter(|e| matches!(e, Ev::Sipi(1, 8))).count(), 2);
+        assert!(!ipi.log.iter().any(|e| matches!(e, Ev::Init(5) | Ev::Init(6))));
+        // APIC 2's INIT failed: it gets no SIPI after it (only the one that precedes every INIT).
+        let init2 = ipi.log.iter().position(|e| *e == Ev::Init(2)).unwrap();
+        assert!(!ipi.log[init2..].iter().any(|e| matches!(e, Ev::Sipi(2, _))));
+        assert_eq!(ipi.log.iter().filter(|e| matches!(e, Ev::Sipi(1, 8))).count(), 3);
     }
 
     #[test]

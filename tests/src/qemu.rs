@@ -202,7 +202,12 @@ pub fn run(cfg: &Config) -> anyhow::Result<Outcome> {
         }
         _ => None,
     };
-    let args = cfg.args(vars.as_deref())?;
+    let mut args = cfg.args(vars.as_deref())?;
+    // Debugging aid: extra QEMU arguments for every run, e.g.
+    // MK_QEMU_EXTRA="-d cpu_reset,guest_errors -D /tmp/qemu.log".
+    if let Ok(extra) = std::env::var("MK_QEMU_EXTRA") {
+        args.extend(extra.split_whitespace().map(String::from));
+    }
     let mut command = vec![QEMU.to_string()];
     command.extend(args.iter().cloned());
 

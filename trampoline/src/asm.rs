@@ -105,6 +105,9 @@ mk_trampoline_lm64:
     movl %ebx, %r15d
     movl ${stage_long}, {p_stage}(%r15)
     lidtq {p_idtr}(%r15)
+    /* ltr faults on a busy TSS descriptor: clear the busy bit first, so running this page a
+       second time (a replayed SIPI) cannot turn into a #GP with no usable IDT stack. */
+    andb $0xfd, {p_tss_type}(%r15)
     movw ${sel_tss}, %ax
     ltr %ax
 "#,
@@ -247,6 +250,8 @@ mk_trampoline_end:
     p_stage = const PARAMS_OFFSET + offset_of!(TrampolineParams, checkin_stage),
     p_gdtr = const PARAMS_OFFSET + offset_of!(TrampolineParams, gdtr),
     p_idtr = const PARAMS_OFFSET + offset_of!(TrampolineParams, idtr),
+    // Type byte (byte 5) of the TSS descriptor, GDT slot 4 (SDM Vol. 3A, "TSS Descriptor").
+    p_tss_type = const PARAMS_OFFSET + offset_of!(TrampolineParams, gdt) + 4 * 8 + 5,
     p_pm32 = const PARAMS_OFFSET + offset_of!(TrampolineParams, pm32_target),
     p_lm64 = const PARAMS_OFFSET + offset_of!(TrampolineParams, lm64_target),
     p_cr3 = const PARAMS_OFFSET + offset_of!(TrampolineParams, cr3),

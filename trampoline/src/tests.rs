@@ -138,3 +138,16 @@ fn park_page_is_small_real_mode_code_with_a_clear_record() {
     let mark = (PARK_MARK_OFFSET as u16).to_le_bytes();
     assert!(code.windows(2).any(|w| w == mark), "park code never addresses the mark");
 }
+
+#[test]
+fn the_tss_busy_bit_is_cleared_before_ltr() {
+    // andb $0xfd, disp32(%r15) with disp32 = the TSS descriptor's type byte (GDT slot 4, byte 5).
+    let disp = (PARAMS_OFFSET + 4 * 8 + 5) as u32;
+    let mut want = vec![0x41, 0x80, 0xa7];
+    want.extend_from_slice(&disp.to_le_bytes());
+    want.push(0xfd);
+    let code = blob();
+    let at = code.bytes.windows(want.len()).position(|w| w == want.as_slice());
+    let ltr = code.bytes.windows(3).position(|w| w == [0x0f, 0x00, 0xd8]); // ltr %ax
+    assert!(matches!((at, ltr), (Some(a), Some(l)) if a < l), "busy bit not cleared before ltr");
+}

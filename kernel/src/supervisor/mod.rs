@@ -418,6 +418,10 @@ impl<'a> Supervisor<'a> {
         let vector =
             apstart::sipi_vector(page).ok_or("the parking page is not a valid SIPI page")?;
         self.window.write_bytes(page, &trampoline::build_park_page());
+        // A SIPI to the parking page before the INIT: ignored by a running CPU, but it points
+        // any SIPI an emulator latched earlier (and replays after the INIT) at the parking page
+        // instead of the instance's old start page (see `platform::apstart`).
+        self.lapic.send_startup(apic, vector).map_err(|e| format!("SIPI failed: {e}"))?;
         self.lapic.send_init_assert(apic).map_err(|e| format!("INIT failed: {e}"))?;
         self.lapic.send_init_deassert(apic).map_err(|e| format!("INIT failed: {e}"))?;
         if self.init_delay {
