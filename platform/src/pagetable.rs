@@ -193,7 +193,7 @@ impl<'m, M: TableMemory> Mapper<'m, M> {
             }
             off += PAGE_4K;
         }
-        self.map_range(virt, phys, len, perms, false)
+        self.map_range(virt, phys, len, perms)
     }
 
     /// Maps the pages of `[virt, virt+len)` that are not mapped yet; leaves the others alone.
@@ -205,16 +205,17 @@ impl<'m, M: TableMemory> Mapper<'m, M> {
         perms: Perms,
     ) -> Result<(), PageTableError> {
         Self::check(virt, phys, len)?;
-        self.map_range(virt, phys, len, perms, true)
+        self.map_range(virt, phys, len, perms)
     }
 
+    /// Maps every page of the range that is not mapped yet. [`Mapper::map`] has already
+    /// refused ranges with mapped pages, so for it this maps the whole range.
     fn map_range(
         &mut self,
         virt: u64,
         phys: u64,
         len: u64,
         perms: Perms,
-        skip_existing: bool,
     ) -> Result<(), PageTableError> {
         let leaf = self.leaf_bits(perms);
         let mut off = 0;
@@ -237,26 +238,12 @@ impl<'m, M: TableMemory> Mapper<'m, M> {
                 continue;
             }
             if pde & PRESENT != 0 && pde & HUGE != 0 {
-                if !skip_existing {
-                    return Err(PageTableError::AlreadyMapped {
-                        virt: v,
-                        existing: pde & ADDR_MASK,
-                    });
-                }
                 off += PAGE_4K;
                 continue;
             }
             let Some(pt) = self.next_table(pd, pd_idx)? else { return Err(corrupt) };
             let pt_idx = index(v, 0);
-            let pte = self.mem.read_entry(pt, pt_idx);
-            if pte & PRESENT != 0 {
-                if !skip_existing {
-                    return Err(PageTableError::AlreadyMapped {
-                        virt: v,
-                        existing: pte & ADDR_MASK,
-                    });
-                }
-            } else {
+            if self.mem.read_entry(pt, pt_idx) & PRESENT == 0 {
                 self.mem.write_entry(pt, pt_idx, p | leaf);
             }
             off += PAGE_4K;
