@@ -37,8 +37,7 @@ pub fn run(firmware: Firmware, runs: u32, restarts: u32, smp: u32) -> anyhow::Re
     let mut samples = Samples::default();
     for n in 0..runs {
         let dir = crate::run_dir(&format!("bench-{}-{n}", firmware.name()))?;
-        let ramdisk = dir.join("bundle.bin");
-        std::fs::write(&ramdisk, bundle.encode().map_err(|e| anyhow::anyhow!("{e}"))?)?;
+        let ramdisk = crate::bundle::save(&bundle, &dir.join("bundle.bin"))?;
         let image = build::build_image(&kernel, Some(&ramdisk), firmware, &dir, "disk")?;
         let mut input: Vec<InputStep> =
             (0..restarts).map(|_| InputStep::new("mk> ", "restart hello\r")).collect();

@@ -1,7 +1,8 @@
 //! Packing a boot bundle (the ramdisk the manager reads): instances plus their images.
 //!
 //! The format and its checks live in `platform::bundle`, shared with the manager; this module
-//! only turns a list of instances naming this repository's payloads into one.
+//! turns a list of instances naming this repository's payloads into one, and writes bundles
+//! (from that list or from a manifest) to the file the disk image builder takes.
 
 use std::path::{Path, PathBuf};
 
@@ -73,8 +74,17 @@ pub fn write(
             bytes[at] ^= 0x5a;
         }
     }
+    save_bytes(&bytes, out)
+}
+
+/// Encodes `bundle` and writes it to `out` (creating its folder); returns `out`.
+pub fn save(bundle: &Bundle, out: &Path) -> anyhow::Result<PathBuf> {
+    save_bytes(&bundle.encode().map_err(|e| anyhow::anyhow!("{e}"))?, out)
+}
+
+fn save_bytes(bytes: &[u8], out: &Path) -> anyhow::Result<PathBuf> {
     if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     std::fs::write(out, bytes).with_context(|| format!("writing {}", out.display()))?;
     Ok(out.to_path_buf())

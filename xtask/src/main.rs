@@ -259,7 +259,7 @@ fn cmd_image(
     bundle.settings.run_ms = 0;
     let kernel = build::build_kernel(KernelVariant::Usb)?;
     let out = out.unwrap_or_else(|| build::target_dir().join("images"));
-    let ramdisk = manifest::write_bundle(&bundle, &out.join("multikernel-bundle.bin"))?;
+    let ramdisk = bundle::save(&bundle, &out.join("multikernel-bundle.bin"))?;
     let firmwares: &[Firmware] = match firmware {
         FirmwareArg::Bios => &[Firmware::Bios],
         FirmwareArg::Uefi => &[Firmware::Uefi],
@@ -295,7 +295,7 @@ fn cmd_run_qemu(args: RunArgs) -> anyhow::Result<ExitCode> {
         if args.selftest_panic { KernelVariant::SelftestPanic } else { KernelVariant::Qemu };
     let kernel = build::build_kernel(variant)?;
     let dir = run_dir(firmware.name())?;
-    let ramdisk = manifest::write_bundle(&bundle, &dir.join("bundle.bin"))?;
+    let ramdisk = bundle::save(&bundle, &dir.join("bundle.bin"))?;
     let image = build::build_image(
         &kernel,
         Some(&ramdisk),
@@ -415,9 +415,7 @@ fn cmd_test(filter: Option<&str>, no_host: bool) -> anyhow::Result<ExitCode> {
             std::fs::write(&path, template.replace("{spin}", &spin.display().to_string()))?;
             let m = manifest::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
             let bundle = manifest::to_bundle(&m, &payloads).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let out = dir.join("bundle.bin");
-            std::fs::write(&out, bundle.encode().map_err(|e| anyhow::anyhow!("{e}"))?)?;
-            Some(out)
+            Some(bundle::save(&bundle, &dir.join("bundle.bin"))?)
         } else if s.instances.is_empty() {
             None
         } else {

@@ -33,7 +33,6 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use bootproto::layout::{DEFAULT_STACK_BYTES, PAGE, SHARED_BYTES};
 use platform::bundle::{self, Bundle, File, Instance, Restart, Settings, CPU_AUTO};
 use platform::partition::DEFAULT_INSTANCE_ALIGN;
@@ -43,9 +42,6 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use crate::payloads::Payload;
-
-/// The payloads this repository builds (`payloads::build_all`), by the name a manifest uses.
-pub const PAYLOADS: &[&str] = &["hello", "compute", "fault", "hello-c"];
 
 /// Longest instance name, in bytes (the bundle's field keeps a terminating NUL for C readers).
 pub const NAME_MAX: usize = bundle::NAME_LEN - 1;
@@ -645,19 +641,19 @@ fn check_instance(
                 table_span.clone(),
                 format!(
                     "{who}: give either `payload` (one of {}) or `image` (an ELF file)",
-                    PAYLOADS.join(", ")
+                    known_payloads()
                 ),
             );
             (None, table_span.clone())
         }
         (Some(p), None) => {
-            if !PAYLOADS.contains(&p.get_ref().as_str()) {
+            if !crate::payloads::names().any(|n| n == p.get_ref()) {
                 src.error(
                     p.span(),
                     format!(
                         "{who}: payload {:?} is not one of this repository's payloads ({})",
                         p.get_ref(),
-                        PAYLOADS.join(", ")
+                        known_payloads()
                     ),
                 );
             }
@@ -693,6 +689,11 @@ fn check_instance(
         name_span,
         cpu_span: raw.cpu.map(|c| c.span()),
     })
+}
+
+/// The payload names, for messages.
+fn known_payloads() -> String {
+    crate::payloads::names().collect::<Vec<_>>().join(", ")
 }
 
 /// Reads an `image` file and, when the memory size is known, has the loader check it.
@@ -881,16 +882,6 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     s[..end].to_string()
-}
-
-/// Encodes `bundle` and writes it to `out` (the ramdisk for `build::build_image`).
-pub fn write_bundle(bundle: &Bundle, out: &Path) -> anyhow::Result<PathBuf> {
-    let bytes = bundle.encode().map_err(|e| anyhow::anyhow!("{e}"))?;
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(out, bytes).with_context(|| format!("writing {}", out.display()))?;
-    Ok(out.to_path_buf())
 }
 
 #[cfg(test)]

@@ -59,6 +59,11 @@ const RUST_PAYLOADS: &[(&str, &str)] =
 /// The C payload's short name and its source, relative to the workspace root.
 const C_PAYLOAD: (&str, &str) = ("hello-c", "payloads/hello-c/hello.c");
 
+/// The names of the payloads [`build_all`] builds, as a manifest's `payload =` names them.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    RUST_PAYLOADS.iter().map(|(name, _)| *name).chain([C_PAYLOAD.0])
+}
+
 /// Compiler and linker flags for a C payload: freestanding, no SSE (like the Rust target), no
 /// red zone, no stack protector or CET instrumentation (nothing provides their runtime), and a
 /// static PIE whose only relocations are R_X86_64_RELATIVE ones the manager's loader applies
