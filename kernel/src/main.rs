@@ -120,11 +120,12 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         log::error!("self-test: read {v:#x} from an unmapped address?");
     }
 
-    if lapic::enable_x2apic_if_supported(cpu_facts().x2apic) {
+    let cpu = cpu_facts();
+    if lapic::enable_x2apic_if_supported(cpu.x2apic) {
         log::info!("apic: switched the BSP's local APIC to x2APIC mode");
     }
     let mut lapic = lapic::Lapic::bsp(phys_offset);
-    let inventory = discover_cpus(&lapic, rsdp, phys_offset);
+    let inventory = discover_cpus(&lapic, &cpu, rsdp, phys_offset);
     log::info!("manager: boot complete");
 
     let bundle = ramdisk.map(|virt| {
@@ -170,7 +171,6 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         boot_info.kernel_addr + boot_info.kernel_len,
     ));
 
-    let cpu = cpu_facts();
     let machine = supervisor::Machine {
         regions: &regions,
         protected,
@@ -233,10 +233,10 @@ fn cpu_facts() -> CpuFacts {
 /// Reads the MADT, marks the BSP, prints the inventory; `None` if there is no usable MADT.
 fn discover_cpus(
     lapic: &lapic::Lapic,
+    facts: &CpuFacts,
     rsdp: Option<u64>,
     phys_offset: u64,
 ) -> Option<platform::madt::Inventory> {
-    let facts = cpu_facts();
     log::info!(
         "apic: {:?} mode, base {:#x}, x2APIC {}supported",
         lapic.base.mode,
