@@ -15,7 +15,7 @@
 //!   the manager configured (never the header's field; [`check_capacity`] compares the two if
 //!   the manager wants to report a rewritten header), rejects indices with
 //!   `head - tail > capacity` as [`RingError::Corrupt`], and copies at most `out.len()` bytes.
-//! - [`write`] and [`drain`] are the thin atomic wrappers around them that operate on a
+//! - [`write()`] and [`drain`] are the thin atomic wrappers around them that operate on a
 //!   [`ConsoleRing`] header, with the orderings the protocol prescribes: the producer writes the
 //!   data, then stores `head` with release; the consumer loads `head` with acquire, copies, then
 //!   stores `tail` with release (so the producer, loading `tail` with acquire, never overwrites

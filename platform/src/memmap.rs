@@ -150,12 +150,8 @@ pub struct Summary {
 
 pub fn summarize(regions: &[Region]) -> Summary {
     let mut s = Summary { regions: regions.len(), ..Summary::default() };
-    let top = regions
-        .iter()
-        .filter(|r| r.kind == RegionKind::Usable)
-        .map(|r| r.end)
-        .max()
-        .unwrap_or(0);
+    let top =
+        regions.iter().filter(|r| r.kind == RegionKind::Usable).map(|r| r.end).max().unwrap_or(0);
     for r in regions {
         if matches!(r.kind, RegionKind::Bios(_) | RegionKind::Uefi(_)) && r.start < top {
             let end = r.end.min(top);

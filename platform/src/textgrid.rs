@@ -22,7 +22,7 @@
 //! # Invariants
 //! `cols > 0`, `rows > 0`, `1 <= scroll_rows <= rows`, `row < rows`, `col <= cols`
 //! (`col == cols` means a wrap is pending).
-//! Every [`Step::Draw`] names a cell inside the grid.
+//! Every [`Step::draw`] names a cell inside the grid.
 
 /// What the renderer must do for one character, in this order: scroll, then draw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

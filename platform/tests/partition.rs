@@ -356,7 +356,10 @@ fn trampoline_is_chosen_from_the_map() {
     let map = vec![Region::new(0, 0x1000, U), Region::new(0x400000, 0x800000, U)];
     let err = plan(&map, &[], &request(vec![])).unwrap_err();
     assert_eq!(err, PlanError::NoTrampolinePage);
-    assert_eq!(err.to_string(), "no usable run of 4 KiB pages below 1 MiB for the AP trampolines (one per instance)");
+    assert_eq!(
+        err.to_string(),
+        "no usable run of 4 KiB pages below 1 MiB for the AP trampolines (one per instance)"
+    );
     // Sub-page usable fragments do not count either.
     let map = vec![Region::new(0x1800, 0x2800, U), Region::new(0x400000, 0x800000, U)];
     assert_eq!(plan(&map, &[], &request(vec![])), Err(PlanError::NoTrampolinePage));
@@ -370,8 +373,11 @@ fn page_table_pool_stays_below_4_gib() {
         Region::new(0x100000, 0x300000, U),
         Region::new(0x1_0000_0000, 0x2_0000_0000, U),
     ];
-    let ok =
-        PlanRequest { instances: vec![InstanceRequest::new("a", GIB)], page_table_pool: 2 * MIB, trampoline_pages: 1 };
+    let ok = PlanRequest {
+        instances: vec![InstanceRequest::new("a", GIB)],
+        page_table_pool: 2 * MIB,
+        trampoline_pages: 1,
+    };
     let p = plan(&map, &[], &ok).unwrap();
     assert_eq!(p.page_table_pool(), Some(Range::new(0x100000, 0x300000)));
     assert_eq!(p.instance("a"), Some(Range::new(0x1_0000_0000, 0x1_4000_0000)));

@@ -20,6 +20,7 @@ mod build;
 mod bundle;
 mod capture;
 mod inspect;
+mod lint;
 mod manifest;
 mod payloads;
 mod prereq;
@@ -87,7 +88,10 @@ enum Cmd {
     /// Capture QEMU's MADT for a machine configuration (SeaBIOS builds it; no guest kernel is
     /// needed), e.g. to add a test input under platform/tests/data/madt/.
     CaptureMadt(capture::CaptureArgs),
-    /// Run the whole suite: host tests, then the QEMU scenarios on BIOS and UEFI.
+    /// Run the quality gates: rustfmt, clippy and rustdoc with warnings denied, for the host
+    /// crates and for the manager and payloads.
+    Lint,
+    /// Run the whole suite: the lint gates, host tests, then the QEMU scenarios on BIOS and UEFI.
     Test {
         /// Only run QEMU scenarios whose name contains this text (host tests still run).
         #[arg(long)]
@@ -95,6 +99,9 @@ enum Cmd {
         /// Skip the host tests (`cargo test`).
         #[arg(long)]
         no_host: bool,
+        /// Skip the lint gates (`cargo xtask lint`).
+        #[arg(long)]
+        no_lint: bool,
     },
 }
 
@@ -174,7 +181,8 @@ fn main() -> ExitCode {
             bench::run(firmware.into(), runs, restarts, smp).map(|()| ExitCode::SUCCESS)
         }
         Cmd::RunQemu(args) => cmd_run_qemu(args),
-        Cmd::Test { filter, no_host } => cmd_test(filter.as_deref(), no_host),
+        Cmd::Lint => cmd_lint(),
+        Cmd::Test { filter, no_host, no_lint } => cmd_test(filter.as_deref(), no_host, no_lint),
         Cmd::Inspect(cmd) => inspect::run(cmd),
         Cmd::CaptureMadt(args) => capture::run(args).map(|()| ExitCode::SUCCESS),
     };
@@ -370,7 +378,26 @@ fn write_report(
     Ok(path)
 }
 
-fn cmd_test(filter: Option<&str>, no_host: bool) -> anyhow::Result<ExitCode> {
+fn cmd_lint() -> anyhow::Result<ExitCode> {
+    let failed = lint::run()?;
+    if failed.is_empty() {
+        println!("lint: all gates passed");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("lint: {} gate(s) failed: {}", failed.len(), failed.join(", "));
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn cmd_test(filter: Option<&str>, no_host: bool, no_lint: bool) -> anyhow::Result<ExitCode> {
+    if !no_lint {
+        println!("== lint gates (cargo xtask lint)");
+        let failed = lint::run()?;
+        if !failed.is_empty() {
+            println!("lint gates failed ({}); not running the tests", failed.join(", "));
+            return Ok(ExitCode::FAILURE);
+        }
+    }
     if !no_host {
         println!("== host tests (cargo test)");
         let status =

@@ -47,20 +47,22 @@ impl RingData for Data {
         if i >= self.capacity {
             return 0;
         }
-        // SAFETY: `i < capacity` (checked above) and `base..base + capacity` is the data area
-        // `init` was given: mapped and readable.
-        unsafe { self.base.add(i as usize).read_volatile() }
+        let p = self.base.wrapping_add(i as usize);
+        // SAFETY: `i < capacity` (checked above), so `p` lies in `base..base + capacity`, the
+        // data area `init` was given: mapped and readable.
+        unsafe { p.read_volatile() }
     }
 
     fn write(&mut self, i: u32, b: u8) {
         if i >= self.capacity {
             return;
         }
-        // SAFETY: `i < capacity` (checked above) and `base..base + capacity` is the data area
-        // `init` was given: mapped, writable, and ours (single producer) between `tail` and
-        // `tail + capacity`, which is where the ring logic writes. Volatile: the manager reads
-        // it from another CPU after the release store of `head`.
-        unsafe { self.base.add(i as usize).write_volatile(b) }
+        let p = self.base.wrapping_add(i as usize);
+        // SAFETY: `i < capacity` (checked above), so `p` lies in `base..base + capacity`, the
+        // data area `init` was given: mapped, writable, and ours (single producer) between
+        // `tail` and `tail + capacity`, which is where the ring logic writes. Volatile: the
+        // manager reads it from another CPU after the release store of `head`.
+        unsafe { p.write_volatile(b) }
     }
 }
 
