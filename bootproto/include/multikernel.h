@@ -7,11 +7,12 @@
  * reference. Every offset and size that lib.rs asserts is asserted here too, so a drift between
  * the two fails the C build.
  *
- * State at entry (protocol version 1): 64-bit long mode, interrupts off, the instance's region
- * identity-mapped, RSP = 16-byte aligned top - 8 (entered as if called), RDI = the boot info.
- * The entry point is therefore
+ * State at entry (protocol version 2): 64-bit long mode, interrupts off, the instance's region
+ * identity-mapped, RSP = 16-byte aligned top - 8 (entered as if called), RDI = the boot info,
+ * RSI = the index of the entering CPU in bi->cpus (every CPU of the instance enters). The
+ * entry point is therefore
  *
- *     void _start(const struct mk_boot_info *bi);   // never returns
+ *     void _start(const struct mk_boot_info *bi, uint64_t cpu_index);   // never returns
  *
  * The console ring is the only output channel: single producer (the instance), single consumer
  * (the manager), never blocking; bytes that do not fit are dropped and counted in `dropped`.
@@ -27,7 +28,10 @@
 
 /* "MKBOOTIN", little-endian. */
 #define MK_BOOT_INFO_MAGIC 0x4e49544f4f424b4dULL
-#define MK_PROTOCOL_VERSION 1u
+/* The protocol version this header describes; each version only appends to the previous. */
+#define MK_PROTOCOL_VERSION 2u
+/* sizeof(struct mk_boot_info) in version 1 (up to and including acpi_rsdp). */
+#define MK_BOOT_INFO_V1_SIZE 384u
 
 #define MK_NAME_LEN 32
 #define MK_ARGS_LEN 256
@@ -64,6 +68,28 @@ struct mk_boot_info {
     uint64_t status;        /* address of the struct mk_status_block */
     uint64_t tsc_hz;        /* 0 if unknown */
     uint64_t acpi_rsdp;     /* 0 if none; not mapped for the instance */
+    /* ---- version 2 ---- */
+    uint32_t cpu_count;      /* entries of cpus */
+    uint32_t _reserved1;
+    uint64_t cpus;           /* address of cpu_count uint32_t APIC IDs; CPU i enters with RSI = i */
+    uint64_t lapic_base;     /* local APIC page, identity-mapped uncached; 0 if not mapped */
+    uint64_t lapic_timer_hz; /* the local APIC timer's input clock; 0 if unknown */
+    uint64_t acpi_view;      /* this instance's private RSDP (mapped); 0 if none */
+    uint32_t channel_count;  /* entries of channels */
+    uint32_t _reserved2;
+    uint64_t channels;       /* address of channel_count struct mk_channel_info */
+};
+
+/* One shared-memory channel to another instance (version 2). */
+struct mk_channel_info {
+    char name[MK_NAME_LEN];      /* UTF-8, NUL-padded */
+    char peer_name[MK_NAME_LEN]; /* the peer instance's name */
+    uint64_t base;               /* the channel's pages, identity-mapped read/write, no-execute */
+    uint64_t size;
+    uint32_t peer_apic_id;       /* the peer's first CPU: the doorbell's destination */
+    uint32_t peer_cpu_count;
+    uint32_t doorbell_vector;    /* the vector both sides use for this channel's doorbell */
+    uint32_t side;               /* 0: this instance is the channel's first side, 1: second */
 };
 
 /* Per-instance status, written by the instance, read by the manager. */
@@ -77,6 +103,9 @@ struct mk_status_block {
     uint64_t fault_rip;
     uint64_t fault_cr2;
     uint64_t fault_rsp;
+    /* ---- version 2 ---- */
+    uint32_t fault_apic_id; /* the CPU that faulted */
+    uint32_t _reserved;
 };
 
 /*
@@ -111,7 +140,18 @@ _Static_assert(offsetof(struct mk_boot_info, console) == 352, "boot info layout"
 _Static_assert(offsetof(struct mk_boot_info, status) == 360, "boot info layout");
 _Static_assert(offsetof(struct mk_boot_info, tsc_hz) == 368, "boot info layout");
 _Static_assert(offsetof(struct mk_boot_info, acpi_rsdp) == 376, "boot info layout");
-_Static_assert(sizeof(struct mk_boot_info) == 384, "boot info layout");
+_Static_assert(offsetof(struct mk_boot_info, cpu_count) == MK_BOOT_INFO_V1_SIZE, "boot info layout");
+_Static_assert(offsetof(struct mk_boot_info, cpus) == 392, "boot info layout");
+_Static_assert(offsetof(struct mk_boot_info, lapic_base) == 400, "boot info layout");
+_Static_assert(offsetof(struct mk_boot_info, lapic_timer_hz) == 408, "boot info layout");
+_Static_assert(offsetof(struct mk_boot_info, acpi_view) == 416, "boot info layout");
+_Static_assert(offsetof(struct mk_boot_info, channel_count) == 424, "boot info layout");
+_Static_assert(offsetof(struct mk_boot_info, channels) == 432, "boot info layout");
+_Static_assert(sizeof(struct mk_boot_info) == 440, "boot info layout");
+_Static_assert(offsetof(struct mk_channel_info, base) == 64, "channel info layout");
+_Static_assert(offsetof(struct mk_channel_info, peer_apic_id) == 80, "channel info layout");
+_Static_assert(offsetof(struct mk_channel_info, side) == 92, "channel info layout");
+_Static_assert(sizeof(struct mk_channel_info) == 96, "channel info layout");
 _Static_assert(offsetof(struct mk_status_block, state) == 0, "status block layout");
 _Static_assert(offsetof(struct mk_status_block, exit_code) == 4, "status block layout");
 _Static_assert(offsetof(struct mk_status_block, heartbeat) == 8, "status block layout");
@@ -121,7 +161,8 @@ _Static_assert(offsetof(struct mk_status_block, fault_error_code) == 32, "status
 _Static_assert(offsetof(struct mk_status_block, fault_rip) == 40, "status block layout");
 _Static_assert(offsetof(struct mk_status_block, fault_cr2) == 48, "status block layout");
 _Static_assert(offsetof(struct mk_status_block, fault_rsp) == 56, "status block layout");
-_Static_assert(sizeof(struct mk_status_block) == 64, "status block layout");
+_Static_assert(offsetof(struct mk_status_block, fault_apic_id) == 64, "status block layout");
+_Static_assert(sizeof(struct mk_status_block) == 72, "status block layout");
 _Static_assert(offsetof(struct mk_console_ring, head) == 0, "console ring layout");
 _Static_assert(offsetof(struct mk_console_ring, tail) == 4, "console ring layout");
 _Static_assert(offsetof(struct mk_console_ring, capacity) == 8, "console ring layout");
@@ -131,10 +172,18 @@ _Static_assert((MK_CONSOLE_CAPACITY & (MK_CONSOLE_CAPACITY - 1)) == 0, "capacity
 _Static_assert(MK_CONSOLE_DATA_OFFSET + MK_CONSOLE_CAPACITY <= MK_CONSOLE_PAGES * MK_PAGE,
                "console ring fits its pages");
 
-/* Whether the boot info is one this header describes (magic, version, size). */
+/*
+ * Whether the boot info is one this header can read (magic, and at least the version 1 fields).
+ * A kernel that reads version 2 fields checks mk_boot_info_has_v2() too.
+ */
 static inline int mk_boot_info_valid(const struct mk_boot_info *bi) {
-    return bi != NULL && bi->magic == MK_BOOT_INFO_MAGIC && bi->version == MK_PROTOCOL_VERSION &&
-           bi->size >= sizeof(struct mk_boot_info);
+    return bi != NULL && bi->magic == MK_BOOT_INFO_MAGIC && bi->version >= 1u &&
+           bi->size >= MK_BOOT_INFO_V1_SIZE;
+}
+
+/* Whether the version 2 fields (cpus, lapic_base, ..., channels) are there. */
+static inline int mk_boot_info_has_v2(const struct mk_boot_info *bi) {
+    return bi->version >= 2u && bi->size >= sizeof(struct mk_boot_info);
 }
 
 static inline struct mk_console_ring *mk_console(const struct mk_boot_info *bi) {

@@ -5,7 +5,7 @@
 use std::mem::{offset_of, size_of};
 use std::process::Command;
 
-use bootproto::{BootInfo, ConsoleRing, StatusBlock};
+use bootproto::{BootInfo, ChannelInfo, ConsoleRing, StatusBlock};
 
 #[test]
 fn the_c_header_matches_the_rust_layout() {
@@ -16,6 +16,15 @@ fn the_c_header_matches_the_rust_layout() {
         ("offsetof(struct mk_boot_info, console)", offset_of!(BootInfo, console)),
         ("offsetof(struct mk_boot_info, status)", offset_of!(BootInfo, status)),
         ("offsetof(struct mk_boot_info, acpi_rsdp)", offset_of!(BootInfo, acpi_rsdp)),
+        ("offsetof(struct mk_boot_info, cpus)", offset_of!(BootInfo, cpus)),
+        ("offsetof(struct mk_boot_info, lapic_timer_hz)", offset_of!(BootInfo, lapic_timer_hz)),
+        ("offsetof(struct mk_boot_info, channels)", offset_of!(BootInfo, channels)),
+        ("sizeof(struct mk_channel_info)", size_of::<ChannelInfo>()),
+        (
+            "offsetof(struct mk_channel_info, doorbell_vector)",
+            offset_of!(ChannelInfo, doorbell_vector),
+        ),
+        ("offsetof(struct mk_status_block, fault_apic_id)", offset_of!(StatusBlock, fault_apic_id)),
         ("sizeof(struct mk_status_block)", size_of::<StatusBlock>()),
         ("offsetof(struct mk_status_block, heartbeat)", offset_of!(StatusBlock, heartbeat)),
         ("offsetof(struct mk_status_block, fault_rip)", offset_of!(StatusBlock, fault_rip)),
@@ -29,9 +38,11 @@ fn the_c_header_matches_the_rust_layout() {
     tu.push_str(&format!(
         "_Static_assert(MK_BOOT_INFO_MAGIC == {:#x}ULL, \"magic\");\n\
          _Static_assert(MK_PROTOCOL_VERSION == {}, \"version\");\n\
+         _Static_assert(MK_BOOT_INFO_V1_SIZE == {}, \"v1 size\");\n\
          _Static_assert(MK_STATE_RUNNING == {} && MK_STATE_EXITED == {} && MK_STATE_FAULTED == {}, \"states\");\n",
         bootproto::BOOT_INFO_MAGIC,
         bootproto::PROTOCOL_VERSION,
+        bootproto::BOOT_INFO_V1_SIZE,
         bootproto::state::RUNNING,
         bootproto::state::EXITED,
         bootproto::state::FAULTED,

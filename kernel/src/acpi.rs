@@ -66,11 +66,16 @@ pub fn madt_bytes(rsdp: Option<u64>, phys_offset: u64) -> Result<Vec<u8>, Discov
     let madt = tables.find_table::<acpi::madt::Madt>().map_err(DiscoveryError::Acpi)?;
     let phys = madt.physical_start() as u64;
     let window = PhysWindow::new();
-    let len = window.read_u32(phys + 4) as usize;
+    // SAFETY: the `acpi` crate found and checksummed the MADT at `phys`: firmware memory the
+    // window maps, which nothing writes. The SDT header's length field is at a 4-byte
+    // aligned offset of the 4-byte aligned table.
+    let len = unsafe { window.read_u32(phys + platform::madt::OFFSET_LENGTH as u64) } as usize;
     if len > MAX_MADT_BYTES {
         return Err(DiscoveryError::MadtTooLarge { len });
     }
     let mut bytes = alloc::vec![0u8; len];
-    window.read_bytes(phys, &mut bytes);
+    // SAFETY: as above; the table is `len` bytes long (its own header says so, and the crate
+    // checksummed exactly those bytes).
+    unsafe { window.read_bytes(phys, &mut bytes) };
     Ok(bytes)
 }

@@ -1,6 +1,9 @@
 //! The manager's own GDT, TSS and IDT, so that a CPU exception in the manager is reported
 //! (vector, error code, RIP, CR2) through the panic path instead of ending as a silent triple
-//! fault. Interrupts stay disabled: the manager polls; these handlers only catch faults.
+//! fault. Interrupts stay disabled except inside the halting wait (`machine.rs`), where the
+//! local APIC timer's interrupt ([`crate::lapic::TIMER_VECTOR`]) wakes the CPU; its handler
+//! only signals end of interrupt. The spurious vector (0xFF) has a handler that does nothing
+//! (SDM Vol. 3A, "Spurious Interrupt": no EOI for it).
 //!
 //! The double-fault handler runs on its own stack (TSS IST entry 0), so a stack overflow in the
 //! manager is still reported (SDM Vol. 3A, "Interrupt Stack Table").
@@ -62,6 +65,8 @@ pub fn init() {
         idt.general_protection_fault.set_handler_fn(general_protection);
         idt.page_fault.set_handler_fn(page_fault);
         idt.stack_segment_fault.set_handler_fn(stack_segment);
+        idt[crate::lapic::TIMER_VECTOR].set_handler_fn(timer);
+        idt[0xFF].set_handler_fn(spurious);
         let df = idt.double_fault.set_handler_fn(double_fault);
         // SAFETY: IST index 0 is set up in the TSS above with its own stack, used by nothing else.
         unsafe { df.set_stack_index(DOUBLE_FAULT_IST) };
@@ -69,6 +74,28 @@ pub fn init() {
     });
     idt.load();
 }
+
+/// Masks every input of both legacy 8259 interrupt controllers (OCW1 = 0xFF to each data
+/// port; Intel 8259A datasheet, "Operation Command Words"). The manager uses the local APIC
+/// only, and a kernel started on an AP (Linux among them) must never see a stray 8259
+/// interrupt through LINT0.
+pub fn mask_legacy_pics() {
+    let mut master: x86_64::instructions::port::Port<u8> =
+        x86_64::instructions::port::Port::new(0x21);
+    let mut slave: x86_64::instructions::port::Port<u8> =
+        x86_64::instructions::port::Port::new(0xA1);
+    // SAFETY: 0x21 and 0xA1 are the 8259s' data ports; writing 0xFF there only masks
+    // interrupts, which the manager does not use.
+    unsafe { master.write(0xFF) };
+    // SAFETY: as above.
+    unsafe { slave.write(0xFF) };
+}
+
+extern "x86-interrupt" fn timer(_frame: InterruptStackFrame) {
+    crate::lapic::eoi();
+}
+
+extern "x86-interrupt" fn spurious(_frame: InterruptStackFrame) {}
 
 extern "x86-interrupt" fn divide_error(frame: InterruptStackFrame) {
     panic!(

@@ -16,13 +16,49 @@ use crate::time::Deadline;
 
 /// xAPIC register offsets (SDM Vol. 3A, "Local APIC Register Address Map").
 const XAPIC_ID: u64 = 0x20;
+const XAPIC_EOI: u64 = 0xB0;
 const XAPIC_SVR: u64 = 0xF0;
 const XAPIC_ICR_LOW: u64 = 0x300;
 const XAPIC_ICR_HIGH: u64 = 0x310;
-/// x2APIC MSRs (SDM Vol. 3A, "x2APIC Register Address Space").
+const XAPIC_LVT_TIMER: u64 = 0x320;
+const XAPIC_TIMER_INITIAL: u64 = 0x380;
+const XAPIC_TIMER_CURRENT: u64 = 0x390;
+const XAPIC_TIMER_DIVIDE: u64 = 0x3E0;
+/// x2APIC MSRs (SDM Vol. 3A, "x2APIC Register Address Space"): the xAPIC offset / 16 + 0x800.
 const X2APIC_ID_MSR: u32 = 0x802;
+const X2APIC_EOI_MSR: u32 = 0x80B;
 const X2APIC_SVR_MSR: u32 = 0x80F;
 const X2APIC_ICR_MSR: u32 = 0x830;
+
+/// The vector the manager's LAPIC timer interrupts on (its only interrupt; SDM Vol. 3A,
+/// "Local Vector Table": vectors 0-31 are reserved for exceptions).
+pub const TIMER_VECTOR: u8 = 0x40;
+/// Timer divide configuration "divide by 1" (SDM Vol. 3A, "Divide Configuration Register").
+const TIMER_DIVIDE_BY_1: u32 = 0b1011;
+/// LVT mask bit.
+const LVT_MASKED: u32 = 1 << 16;
+/// How long the timer is counted against the TSC at boot.
+const TIMER_CALIBRATION_US: u64 = 10_000;
+
+/// Where the interrupt handler sends its EOI: 0 = x2APIC MSR, otherwise the xAPIC EOI
+/// register's virtual address (set once by [`Lapic::bsp`]).
+static EOI_TARGET: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Signals end of interrupt to the BSP's local APIC (called by the timer handler).
+pub fn eoi() {
+    match EOI_TARGET.load(core::sync::atomic::Ordering::Relaxed) {
+        0 => {
+            // SAFETY: the EOI MSR exists in x2APIC mode, which EOI_TARGET = 0 means; writing 0
+            // signals end of interrupt and nothing else.
+            unsafe { Msr::new(X2APIC_EOI_MSR).write(0) };
+        }
+        addr => {
+            // SAFETY: `addr` is the xAPIC EOI register, mapped through the physical-memory
+            // window; a 32-bit write of 0 signals end of interrupt.
+            unsafe { (addr as *mut u32).write_volatile(0) };
+        }
+    }
+}
 
 /// ICR fields (SDM Vol. 3A, "Interrupt Command Register (ICR)").
 const ICR_INIT: u32 = 0b101 << 8;
@@ -39,8 +75,6 @@ const ICR_DELIVERY_TIMEOUT_US: u64 = 100_000;
 pub struct Lapic {
     pub base: ApicBase,
     mmio_virt: u64,
-    /// Every IPI is logged; tests assert which CPUs were (and were not) sent one.
-    log_ipis: bool,
 }
 
 /// Switches the BSP's local APIC from xAPIC to x2APIC mode when the CPU supports it (SDM Vol.
@@ -66,7 +100,12 @@ impl Lapic {
         // SAFETY: IA32_APIC_BASE exists on every x86_64 CPU; reading it has no side effects.
         let raw = unsafe { Msr::new(IA32_APIC_BASE_MSR).read() };
         let base = ApicBase::from_msr(raw);
-        let lapic = Lapic { base, mmio_virt: phys_offset + base.base, log_ipis: true };
+        let lapic = Lapic { base, mmio_virt: phys_offset + base.base };
+        let eoi = match base.mode {
+            ApicMode::X2Apic => 0,
+            _ => lapic.mmio_virt + XAPIC_EOI,
+        };
+        EOI_TARGET.store(eoi, core::sync::atomic::Ordering::Relaxed);
         match base.mode {
             ApicMode::XApic => {
                 let svr = lapic.read(XAPIC_SVR);
@@ -97,6 +136,51 @@ impl Lapic {
         }
     }
 
+    /// A register by its xAPIC offset, through MMIO or the x2APIC MSR (offset / 16 + 0x800).
+    fn reg_read(&self, reg: u64) -> u32 {
+        match self.base.mode {
+            ApicMode::X2Apic => {
+                // SAFETY: in x2APIC mode every xAPIC register at offset `reg` is the MSR
+                // 0x800 + reg / 16; the manager reads only timer registers this way.
+                unsafe { Msr::new(0x800 + (reg / 16) as u32).read() as u32 }
+            }
+            _ => self.read(reg),
+        }
+    }
+
+    fn reg_write(&self, reg: u64, value: u32) {
+        match self.base.mode {
+            ApicMode::X2Apic => {
+                let mut msr = Msr::new(0x800 + (reg / 16) as u32);
+                // SAFETY: as in `reg_read`; the manager writes only the timer's registers and
+                // the LVT entry that routes it to TIMER_VECTOR.
+                unsafe { msr.write(value as u64) };
+            }
+            _ => self.write(reg, value),
+        }
+    }
+
+    /// Measures the timer's input clock against the TSC; leaves the timer stopped and its LVT
+    /// entry set to interrupt on [`TIMER_VECTOR`] (one-shot). 0 if the APIC is unusable.
+    pub fn calibrate_timer(&self) -> u64 {
+        if !matches!(self.base.mode, ApicMode::XApic | ApicMode::X2Apic) {
+            return 0;
+        }
+        self.reg_write(XAPIC_TIMER_DIVIDE, TIMER_DIVIDE_BY_1);
+        self.reg_write(XAPIC_LVT_TIMER, LVT_MASKED | TIMER_VECTOR as u32);
+        self.reg_write(XAPIC_TIMER_INITIAL, u32::MAX);
+        crate::time::delay_micros(TIMER_CALIBRATION_US);
+        let left = self.reg_read(XAPIC_TIMER_CURRENT);
+        self.reg_write(XAPIC_TIMER_INITIAL, 0);
+        self.reg_write(XAPIC_LVT_TIMER, TIMER_VECTOR as u32);
+        u64::from(u32::MAX - left) * 1_000_000 / TIMER_CALIBRATION_US
+    }
+
+    /// Starts the timer counting down `count` ticks (0 stops it); it interrupts once.
+    pub fn arm_timer(&self, count: u32) {
+        self.reg_write(XAPIC_TIMER_INITIAL, count);
+    }
+
     fn read(&self, reg: u64) -> u32 {
         let p = (self.mmio_virt + reg) as *const u32;
         // SAFETY: in xAPIC mode the APIC's 4 KiB register page is at `base`, mapped through
@@ -115,9 +199,8 @@ impl Lapic {
         if !self.base.can_address(apic_id) {
             return Err(IpiError::Unaddressable { apic_id });
         }
-        if self.log_ipis {
-            log::info!("ipi: {what} -> APIC {apic_id}");
-        }
+        // At debug level: a 300-CPU start is 1200 IPIs.
+        log::debug!("ipi: {what} -> APIC {apic_id}");
         match self.base.mode {
             ApicMode::X2Apic => {
                 let value = ((apic_id as u64) << 32) | low as u64;
@@ -156,14 +239,5 @@ impl Ipi for Lapic {
 
     fn send_startup(&mut self, apic_id: u32, vector: u8) -> Result<(), IpiError> {
         self.send(apic_id, ICR_STARTUP | vector as u32, "SIPI")
-    }
-}
-
-/// The TSC-backed delay for the start-up sequence.
-pub struct TscDelay;
-
-impl platform::apstart::Delay for TscDelay {
-    fn delay_us(&mut self, us: u64) {
-        crate::time::delay_micros(us);
     }
 }

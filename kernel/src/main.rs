@@ -1,11 +1,14 @@
 //! The multikernel manager: the kernel that runs on the bootstrap CPU.
 //!
 //! It is entered by the `bootloader` crate (BIOS or UEFI) with all physical memory mapped,
-//! brings up a console, time, heap and frame allocator, describes the machine, and (in later
-//! stages) starts and supervises kernel instances on the other CPUs.
+//! brings up a console, time, heap and frame allocator, describes the machine, then hands the
+//! boot bundle to the supervisor (`platform::supervisor`), which starts and supervises the
+//! kernel instances on the other CPUs.
 //!
 //! The logic that can be tested without hardware lives in `platform/` and `loader/`; this
-//! crate is the thin hardware-facing layer around it.
+//! crate is the thin hardware-facing layer around it: the machine behind the supervisor's
+//! traits (`machine.rs`, `physmem.rs`, `lapic.rs`, `time.rs`), the consoles, and what is
+//! printed (`view.rs`, `shell.rs`, `report.rs`).
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -18,17 +21,21 @@ mod fbcon;
 mod heap;
 mod interrupts;
 mod lapic;
+mod machine;
 mod memory;
+mod memspeed;
 mod physmem;
 mod qemu;
 mod report;
 mod serial;
-mod supervisor;
+mod shell;
 mod time;
+mod view;
 
 use bootloader_api::config::Mapping;
 use bootloader_api::{entry_point, BootInfo, BootloaderConfig};
 use platform::memmap;
+use platform::supervisor;
 
 /// Bootloader configuration (`bootloader_api` docs, "BootloaderConfig").
 pub static BOOTLOADER_CONFIG: BootloaderConfig = {
@@ -51,6 +58,8 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     let calibration = time::calibrate();
     heap::init();
     interrupts::init();
+    interrupts::mask_legacy_pics();
+    memspeed::init();
     println!();
     println!("multikernel manager {} starting", env!("CARGO_PKG_VERSION"));
     match calibration {
@@ -124,8 +133,29 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     if lapic::enable_x2apic_if_supported(cpu.x2apic) {
         log::info!("apic: switched the BSP's local APIC to x2APIC mode");
     }
-    let mut lapic = lapic::Lapic::bsp(phys_offset);
+    let lapic = lapic::Lapic::bsp(phys_offset);
     let inventory = discover_cpus(&lapic, &cpu, rsdp, phys_offset);
+    let timer_hz = lapic.calibrate_timer();
+    let speed = memspeed::measure();
+    log::info!(
+        "memory speed: fill {} MB/s (rep-byte {}, rep-qword {}, sse {}), copy {} MB/s (rep-byte {}, rep-qword {}, sse {}); apic timer {} kHz",
+        speed.fill.map_or(0, |m| speed.fill_mb_s[m as usize]),
+        speed.fill_mb_s[0],
+        speed.fill_mb_s[1],
+        speed.fill_mb_s[2],
+        speed.copy.map_or(0, |m| speed.copy_mb_s[m as usize]),
+        speed.copy_mb_s[0],
+        speed.copy_mb_s[1],
+        speed.copy_mb_s[2],
+        timer_hz / 1000
+    );
+    report::Line::new("memspeed")
+        .str("fill", speed.fill.map_or("none", memspeed::Method::name))
+        .str("copy", speed.copy.map_or("none", memspeed::Method::name))
+        .raw("fill_mb_s", &report::numbers(speed.fill_mb_s.iter().copied()))
+        .raw("copy_mb_s", &report::numbers(speed.copy_mb_s.iter().copied()))
+        .num("apic_timer_hz", timer_hz)
+        .emit();
     log::info!("manager: boot complete");
 
     let bundle = ramdisk.map(|virt| {
@@ -145,11 +175,13 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
             qemu::finish(qemu::Verdict::Fail)
         }
     };
+    log::set_max_level(log_level(parsed.settings.log_level));
     log::info!(
-        "bundle: {} images, {} instances, supervise for {} ms",
+        "bundle: {} images, {} instances, supervise for {} ms, log level {}",
         parsed.files.len(),
         parsed.instances.len(),
-        parsed.settings.run_ms
+        parsed.settings.run_ms,
+        log::max_level()
     );
 
     let mut protected = alloc::vec::Vec::new();
@@ -171,33 +203,78 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         boot_info.kernel_addr + boot_info.kernel_len,
     ));
 
-    let machine = supervisor::Machine {
-        regions: &regions,
-        protected,
-        inventory: inventory.as_ref(),
-        lapic: &mut lapic,
-        rsdp: rsdp.unwrap_or(0),
+    let planned = supervisor::plan(&parsed, inventory.as_ref(), &regions, &protected);
+    let mut allowed = alloc::vec::Vec::new();
+    if let Ok(p) = &planned {
+        view::print_plan(&p.plan);
+        let mut frames = memory::FRAMES.lock();
+        if let Some(frames) = frames.as_mut() {
+            if let Err(e) = p.plan.apply_to(frames) {
+                log::error!("plan: could not reserve the plan's memory: {e}");
+                qemu::finish(qemu::Verdict::Fail)
+            }
+            log::info!("frames: {} free after carving the plan", frames.free_frames());
+        }
+        allowed = p.plan.carved().map(|c| c.range).collect();
+    }
+    let facts = supervisor::Facts {
         nx: cpu.nx,
         init_delay: platform::apstart::init_delay_needed(cpu.vendor, cpu.family, cpu.hypervisor),
+        tsc_hz: time::tsc_hz(),
+        rsdp: rsdp.unwrap_or(0),
+        lapic_base: lapic.base.base,
+        lapic_timer_hz: timer_hz,
+        checkin_timeout_ms: u64::from(parsed.settings.checkin_timeout_ms),
     };
-    let code = trampoline::blob();
-    let mut sup = supervisor::Supervisor::plan(machine, bundle_bytes, &parsed, &code);
-    sup.boot();
-    sup.run(parsed.settings.run_ms as u64);
-    if sup.finish() {
+    let bsp = machine::Bsp { mem: physmem::PlanMemory::new(allowed), lapic, timer_hz };
+    let code = trampoline::start_code();
+    let mut sup = supervisor::Supervisor::new(bsp, bundle_bytes, &parsed, code, facts, planned);
+    if let Err(e) = sup.boot() {
+        log::error!("apstart: {e}");
+    }
+    let run_ms = u64::from(parsed.settings.run_ms);
+    let mut sh = shell::Shell::default();
+    sh.greet(run_ms);
+    let mut last_table = time::micros_since_boot();
+    sup.run(run_ms, |sup| {
+        sh.serve(sup);
+        let now = time::micros_since_boot();
+        if run_ms != 0 && now.saturating_sub(last_table) >= STATUS_EVERY_US {
+            view::print_table(&sup.instances);
+            last_table = now;
+        }
+    });
+    view::print_table(&sup.instances);
+    view::emit_report(&sup);
+    if sup.all_healthy() {
         log::info!("manager: all {} instances healthy", sup.instances.len());
         qemu::finish(qemu::Verdict::Pass)
     }
     for i in sup.instances.iter().filter(|i| !i.healthy()) {
+        let why = i.reason_text();
         log::error!(
             "manager: FAIL: instance '{}' is {}{}{}",
             i.name,
             i.state.name(),
-            if i.reason.is_empty() { "" } else { ": " },
-            i.reason
+            if why.is_empty() { "" } else { ": " },
+            why
         );
     }
     qemu::finish(qemu::Verdict::Fail)
+}
+
+/// How often a status table is printed while supervising (not in shell mode).
+const STATUS_EVERY_US: u64 = 1_000_000;
+
+/// The bundle's log level (0 error .. 4 trace), as the manifest's `log_level` set it.
+fn log_level(level: u32) -> log::LevelFilter {
+    match level {
+        0 => log::LevelFilter::Error,
+        1 => log::LevelFilter::Warn,
+        2 => log::LevelFilter::Info,
+        3 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    }
 }
 
 struct CpuFacts {

@@ -76,6 +76,38 @@ impl Line {
     }
 }
 
+/// Builds a JSON array from items that are already JSON (objects from [`Line::finish`]).
+pub struct Array {
+    buf: alloc::string::String,
+}
+
+impl Array {
+    pub fn new() -> Self {
+        Array { buf: alloc::string::String::from("[") }
+    }
+
+    pub fn push(&mut self, item: &str) {
+        if self.buf.len() > 1 {
+            self.buf.push(',');
+        }
+        self.buf.push_str(item);
+    }
+
+    pub fn finish(mut self) -> alloc::string::String {
+        self.buf.push(']');
+        self.buf
+    }
+}
+
+/// A JSON array of numbers.
+pub fn numbers(values: impl Iterator<Item = u64>) -> alloc::string::String {
+    let mut a = Array::new();
+    for v in values {
+        a.push(&fmt_string(format_args!("{v}")));
+    }
+    a.finish()
+}
+
 fn write_json_str(out: &mut alloc::string::String, s: &str) {
     out.push('"');
     for c in s.chars() {

@@ -115,6 +115,11 @@ impl Deadline {
     pub fn passed(&self) -> bool {
         rdtsc() >= self.0
     }
+
+    /// Microseconds left (0 once passed).
+    pub fn remaining_micros(&self) -> u64 {
+        ticks_to_micros(self.0.saturating_sub(rdtsc()))
+    }
 }
 
 /// Busy-waits `us` microseconds (bounded by construction).

@@ -26,12 +26,32 @@ pub trait PhysMemory {
 }
 
 /// Writes the image into the region as `plan` says (phase two). `image` must be the bytes
-/// `plan` was made from. On error, the region is partly written.
+/// `plan` was made from. On error, the region is partly written. Returns the bytes zeroed.
 pub fn apply(
     plan: &LoadPlan,
     image: &[u8],
     memory: &mut impl PhysMemory,
-) -> Result<(), ApplyError> {
+) -> Result<u64, ApplyError> {
+    apply_inner(plan, image, memory, false)
+}
+
+/// Like [`apply`], for a region the caller knows to be all zero already (scrubbed and read
+/// back since it was last used): writes only the file bytes and the relocations, so loading
+/// costs what the image is, not what the region is. Returns 0 (bytes zeroed).
+pub fn apply_to_zeroed(
+    plan: &LoadPlan,
+    image: &[u8],
+    memory: &mut impl PhysMemory,
+) -> Result<u64, ApplyError> {
+    apply_inner(plan, image, memory, true)
+}
+
+fn apply_inner(
+    plan: &LoadPlan,
+    image: &[u8],
+    memory: &mut impl PhysMemory,
+    region_is_zero: bool,
+) -> Result<u64, ApplyError> {
     let actual_len = image.len() as u64;
     if actual_len != plan.image_len() {
         return Err(ApplyError::ImageMismatch { planned_len: plan.image_len(), actual_len });
@@ -45,6 +65,14 @@ pub fn apply(
     let mut copies: Vec<_> = plan.segments().iter().filter(|s| s.file_size > 0).collect();
     copies.sort_by_key(|s| s.paddr);
 
+    let mut zeroed = 0u64;
+    let mut zero = |memory: &mut dyn PhysMemory, at: u64, len: u64| {
+        if region_is_zero || len == 0 {
+            return Ok(());
+        }
+        zeroed += len;
+        memory.fill(at, len, 0)
+    };
     let mut cursor = region.base;
     for s in copies {
         let inconsistent = ApplyError::InconsistentPlan { paddr: s.paddr, len: s.file_size };
@@ -56,15 +84,11 @@ pub fn apply(
             .zip(usize::try_from(s.file_size).ok())
             .and_then(|(start, len)| image.get(start..start.checked_add(len)?))
             .ok_or(inconsistent)?;
-        if s.paddr > cursor {
-            memory.fill(cursor, s.paddr - cursor, 0)?;
-        }
+        zero(memory, cursor, s.paddr - cursor)?;
         memory.write(s.paddr, bytes)?;
         cursor = s.paddr + s.file_size; // inside the region: checked above
     }
-    if region_end > cursor {
-        memory.fill(cursor, region_end - cursor, 0)?;
-    }
+    zero(memory, cursor, region_end - cursor)?;
 
     for r in plan.relocations() {
         if !region.contains_range(r.paddr, 8) {
@@ -73,5 +97,5 @@ pub fn apply(
         // System V ABI AMD64, "Relocation Types": word64 fields are little-endian.
         memory.write(r.paddr, &r.value.to_le_bytes())?;
     }
-    Ok(())
+    Ok(zeroed)
 }

@@ -52,7 +52,7 @@ mod error;
 mod plan;
 mod region;
 
-pub use apply::{apply, PhysMemory};
+pub use apply::{apply, apply_to_zeroed, PhysMemory};
 pub use error::{ApplyError, LoadError, MemoryError};
 pub use plan::{
     plan, Entry, Flags, ImageKind, LoadPlan, Mapping, Relocation, Segment, MAX_PROGRAM_HEADERS,

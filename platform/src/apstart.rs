@@ -1,4 +1,5 @@
-//! The INIT-SIPI-SIPI sequence, over small traits so it is tested on the host.
+//! The INIT-SIPI-SIPI sequences that start and stop application processors, over small traits
+//! so they are tested on the host.
 //!
 //! SDM Vol. 3A, "Typical BSP Initialization Sequence" and "MP Initialization Protocol
 //! Algorithm for MP Systems": the BSP sends INIT (level assert), waits 10 ms, sends a
@@ -7,22 +8,27 @@
 //! processors need; later ones ignore it) and skip the de-assert in x2APIC mode, where that
 //! message type does not exist.
 //!
-//! Each INIT is preceded by a Start-up IPI naming the same page. A processor that is not in
-//! wait-for-SIPI ignores it (SDM), so on hardware it does nothing; but QEMU's TCG latches a SIPI
-//! that reaches a running CPU and replays it, with the *newest* vector, right after the CPU's
-//! next INIT. Observed here: the second SIPI of one start, latched while the AP ran, replayed
-//! after the INIT that stopped it, restarted the old trampoline page (whose TSS was already
-//! busy) and triple-faulted the machine. Naming the intended page first makes any replay go
-//! where the manager wants the CPU anyway.
+//! Every AP is sent to the same start page ([`start_all`]); each finds its own parameters by
+//! its APIC ID (see the `trampoline` crate). A CPU is stopped by an INIT followed by a SIPI to
+//! the parking page ([`park_all`]), where it records its APIC ID: proof that it took the INIT.
 //!
-//! Every target is sent each step before the next step starts, so all APs start together and
-//! no AP waits for another. The 10 ms INIT wait follows Linux's rule (`smp_quirk_init_udelay`):
-//! processors that do not need it (Intel family 6 and later, AMD/Hygon family 0Fh and later)
-//! skip it, as does any CPU running under a hypervisor, which does not model the delay.
+//! Each INIT is preceded by a Start-up IPI naming the page the CPU should go to. A processor
+//! that is not in wait-for-SIPI ignores it (SDM), so on hardware it does nothing; but QEMU's TCG
+//! latches a SIPI that reaches a running CPU and replays it, with the *newest* vector, right
+//! after the CPU's next INIT. Observed here: the second SIPI of one start, latched while the AP
+//! ran, replayed after the INIT that stopped it, restarted the start-up code and
+//! triple-faulted the machine. Naming the intended page first makes any replay go where the
+//! manager wants the CPU anyway.
 //!
-//! Refusals come before any IPI: [`check_targets`] rejects a page that is not a valid SIPI
-//! page and an APIC ID listed twice, and the caller has already checked every CPU against the
-//! inventory (absent, disabled, the BSP).
+//! Every target is sent each step before the next step starts, so all APs start (or stop)
+//! together and no AP waits for another. The 10 ms INIT wait follows Linux's rule
+//! (`smp_quirk_init_udelay`): processors that do not need it (Intel family 6 and later,
+//! AMD/Hygon family 0Fh and later) skip it, as does any CPU running under a hypervisor, which
+//! does not model the delay; otherwise one 10 ms wait covers every target of the batch.
+//!
+//! Refusals come before any IPI: the caller has checked every CPU against the inventory
+//! (absent, disabled, the BSP) and the pages against the plan; [`start_all`] and [`park_all`]
+//! refuse an invalid page or an APIC ID listed twice before sending anything.
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -66,21 +72,15 @@ impl fmt::Display for IpiError {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Target {
-    pub apic_id: u32,
-    /// Physical address of the AP's start page.
-    pub page: u64,
-}
+impl core::error::Error for IpiError {}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TargetError {
     /// Not a 4 KiB page in 0x1000..0x100000 outside the reserved vectors A0h–BFh.
     BadPage {
-        apic_id: u32,
         page: u64,
     },
-    /// The same CPU appears twice in one start request.
+    /// The same CPU appears twice in one request.
     Duplicate {
         apic_id: u32,
     },
@@ -90,8 +90,8 @@ pub enum TargetError {
 impl fmt::Display for TargetError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TargetError::BadPage { apic_id, page } => {
-                write!(f, "start page {page:#x} for APIC {apic_id} is not a valid SIPI page")
+            TargetError::BadPage { page } => {
+                write!(f, "start-up page {page:#x} is not a valid SIPI page")
             }
             TargetError::Duplicate { apic_id } => {
                 write!(f, "APIC {apic_id} was asked to start twice")
@@ -101,12 +101,7 @@ impl fmt::Display for TargetError {
     }
 }
 
-/// The SIPI vector for a start page, if the page is valid (SDM: vectors A0h–BFh reserved).
-pub fn sipi_vector(page: u64) -> Option<u8> {
-    let valid = page.is_multiple_of(4096) && (0x1000..0x10_0000).contains(&page);
-    let vector = (page >> 12) as u8;
-    (valid && !(0xA0..=0xBF).contains(&vector)).then_some(vector)
-}
+impl core::error::Error for TargetError {}
 
 /// CPU vendors, from CPUID leaf 0's vendor string.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,90 +139,114 @@ pub fn init_delay_needed(vendor: Vendor, family: u32, hypervisor: bool) -> bool 
     }
 }
 
-/// Targets that passed [`check_targets`], each with its SIPI vector.
-pub type Valid = Vec<(Target, u8)>;
-/// Targets refused by [`check_targets`], each with the reason.
-pub type Refused = Vec<(Target, TargetError)>;
+/// The outcome for each CPU of a batch, in request order.
+pub type Results = Vec<(u32, Result<(), TargetError>)>;
 
-/// Checks targets before any IPI; returns the valid ones and a refusal for each other one.
-pub fn check_targets(targets: &[Target]) -> (Valid, Refused) {
-    let mut ok = Vec::new();
-    let mut bad = Vec::new();
-    for (i, t) in targets.iter().enumerate() {
-        if targets[..i].iter().any(|o| o.apic_id == t.apic_id) {
-            bad.push((*t, TargetError::Duplicate { apic_id: t.apic_id }));
-            continue;
-        }
-        match sipi_vector(t.page) {
-            Some(v) => ok.push((*t, v)),
-            None => bad.push((*t, TargetError::BadPage { apic_id: t.apic_id, page: t.page })),
-        }
-    }
-    (ok, bad)
+/// Refuses a bad page or duplicate IDs before any IPI: `Err` for the whole batch (bad page),
+/// or the per-CPU duplicates.
+fn check(apic_ids: &[u32], page: u64) -> Result<(u8, Vec<Option<TargetError>>), TargetError> {
+    let vector = trampoline::sipi_vector(page).ok_or(TargetError::BadPage { page })?;
+    let dup = apic_ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            apic_ids[..i].contains(id).then_some(TargetError::Duplicate { apic_id: *id })
+        })
+        .collect();
+    Ok((vector, dup))
 }
 
-/// Sends INIT-SIPI-SIPI to every target, each step to all targets before the next step.
-///
-/// Returns one result per target, in order. A target whose IPI failed is dropped from the
-/// later steps; the others go on.
-pub fn start_all(
-    ipi: &mut impl Ipi,
-    delay: &mut impl Delay,
-    targets: &[Target],
+/// The INIT part shared by starting and parking: a SIPI to `vector` (for the replay quirk), INIT
+/// assert to all, the wait if needed, INIT de-assert to all. Returns each CPU's first failure.
+fn init_all(
+    hw: &mut (impl Ipi + Delay),
+    apic_ids: &[u32],
+    vector: u8,
     init_delay: bool,
-) -> Vec<(Target, Result<(), TargetError>)> {
-    let (valid, refused) = check_targets(targets);
-    let mut failed: Vec<(u32, IpiError)> = Vec::new();
-    let live = |failed: &Vec<(u32, IpiError)>, id: u32| !failed.iter().any(|(f, _)| *f == id);
-
-    // A SIPI before the INIT: ignored by a processor that is not waiting for one (SDM), but it
-    // makes sure an emulator that latched an earlier SIPI and replays it after the INIT (QEMU's
-    // TCG does) sends the CPU to *this* page. See the module docs.
-    for (t, v) in &valid {
-        if let Err(e) = ipi.send_startup(t.apic_id, *v) {
-            failed.push((t.apic_id, e));
+    failed: &mut [Option<TargetError>],
+) {
+    for (i, &id) in apic_ids.iter().enumerate() {
+        if failed[i].is_none() {
+            failed[i] = hw.send_startup(id, vector).err().map(TargetError::Ipi);
         }
     }
-    for (t, _) in &valid {
-        if live(&failed, t.apic_id) {
-            if let Err(e) = ipi.send_init_assert(t.apic_id) {
-                failed.push((t.apic_id, e));
-            }
+    for (i, &id) in apic_ids.iter().enumerate() {
+        if failed[i].is_none() {
+            failed[i] = hw.send_init_assert(id).err().map(TargetError::Ipi);
         }
     }
     if init_delay {
-        delay.delay_us(INIT_ASSERT_DELAY_US);
+        hw.delay_us(INIT_ASSERT_DELAY_US);
     }
-    for (t, _) in &valid {
-        if live(&failed, t.apic_id) {
-            if let Err(e) = ipi.send_init_deassert(t.apic_id) {
-                failed.push((t.apic_id, e));
-            }
+    for (i, &id) in apic_ids.iter().enumerate() {
+        if failed[i].is_none() {
+            failed[i] = hw.send_init_deassert(id).err().map(TargetError::Ipi);
         }
     }
-    for _ in 0..2 {
-        for (t, v) in &valid {
-            if live(&failed, t.apic_id) {
-                if let Err(e) = ipi.send_startup(t.apic_id, *v) {
-                    failed.push((t.apic_id, e));
-                }
-            }
-        }
-        delay.delay_us(SIPI_DELAY_US);
-    }
+}
 
-    targets
-        .iter()
-        .map(|t| {
-            if let Some((_, e)) = refused.iter().find(|(r, _)| r == t) {
-                return (*t, Err(*e));
-            }
-            match failed.iter().find(|(id, _)| *id == t.apic_id) {
-                Some((_, e)) => (*t, Err(TargetError::Ipi(*e))),
-                None => (*t, Ok(())),
-            }
-        })
-        .collect()
+/// Sends one SIPI to `vector` to every CPU not failed yet, then the SDM's 200 µs wait.
+fn sipi_all(
+    hw: &mut (impl Ipi + Delay),
+    apic_ids: &[u32],
+    vector: u8,
+    failed: &mut [Option<TargetError>],
+) {
+    for (i, &id) in apic_ids.iter().enumerate() {
+        if failed[i].is_none() {
+            failed[i] = hw.send_startup(id, vector).err().map(TargetError::Ipi);
+        }
+    }
+    hw.delay_us(SIPI_DELAY_US);
+}
+
+fn results(apic_ids: &[u32], failed: Vec<Option<TargetError>>) -> Results {
+    apic_ids.iter().zip(failed).map(|(&id, f)| (id, f.map_or(Ok(()), Err))).collect()
+}
+
+/// Starts every CPU in `apic_ids` at the start page `page`: a SIPI before the INIT (see the
+/// module docs), INIT, the wait if needed, two SIPIs; each step to all CPUs before the next.
+///
+/// A CPU whose IPI failed is dropped from the later steps; the others go on.
+pub fn start_all(
+    hw: &mut (impl Ipi + Delay),
+    apic_ids: &[u32],
+    page: u64,
+    init_delay: bool,
+) -> Result<Results, TargetError> {
+    let (vector, mut failed) = check(apic_ids, page)?;
+    init_all(hw, apic_ids, vector, init_delay, &mut failed);
+    for _ in 0..2 {
+        sipi_all(hw, apic_ids, vector, &mut failed);
+    }
+    Ok(results(apic_ids, failed))
+}
+
+/// Stops every CPU in `apic_ids` and sends it to the parking page `page`: a SIPI to the page
+/// (see the module docs), INIT, the wait if needed, one SIPI. Whether each CPU arrived is for
+/// the caller to check in the park log; [`resend_park`] sends the SDM's second SIPI to those
+/// that have not.
+pub fn park_all(
+    hw: &mut (impl Ipi + Delay),
+    apic_ids: &[u32],
+    page: u64,
+    init_delay: bool,
+) -> Result<Results, TargetError> {
+    let (vector, mut failed) = check(apic_ids, page)?;
+    init_all(hw, apic_ids, vector, init_delay, &mut failed);
+    sipi_all(hw, apic_ids, vector, &mut failed);
+    Ok(results(apic_ids, failed))
+}
+
+/// The second SIPI of a park, for CPUs that have not recorded themselves yet.
+pub fn resend_park(
+    hw: &mut (impl Ipi + Delay),
+    apic_ids: &[u32],
+    page: u64,
+) -> Result<Results, TargetError> {
+    let (vector, mut failed) = check(apic_ids, page)?;
+    sipi_all(hw, apic_ids, vector, &mut failed);
+    Ok(results(apic_ids, failed))
 }
 
 #[cfg(test)]
@@ -246,7 +265,14 @@ mod tests {
     #[derive(Default)]
     struct Fake {
         log: Vec<Ev>,
+        delays: Vec<Ev>,
         stuck: Option<u32>,
+    }
+
+    impl Delay for Fake {
+        fn delay_us(&mut self, us: u64) {
+            self.delays.push(Ev::Delay(us));
+        }
     }
 
     impl Ipi for Fake {
@@ -267,68 +293,81 @@ mod tests {
         }
     }
 
-    struct D<'a>(&'a mut Vec<Ev>);
-    impl Delay for D<'_> {
-        fn delay_us(&mut self, us: u64) {
-            self.0.push(Ev::Delay(us));
-        }
-    }
-
     #[test]
-    fn every_step_goes_to_every_cpu_before_the_next() {
+    fn every_step_goes_to_every_cpu_before_the_next_and_all_share_one_page() {
         let mut ipi = Fake::default();
-        let mut delays = Vec::new();
-        let t = [Target { apic_id: 1, page: 0x8000 }, Target { apic_id: 2, page: 0x9000 }];
-        let r = start_all(&mut ipi, &mut D(&mut delays), &t, true);
+        let r = start_all(&mut ipi, &[1, 2], 0x8000, true).unwrap();
         assert!(r.iter().all(|(_, r)| r.is_ok()));
         assert_eq!(
             ipi.log,
             vec![
                 Ev::Sipi(1, 8),
-                Ev::Sipi(2, 9),
+                Ev::Sipi(2, 8),
                 Ev::Init(1),
                 Ev::Init(2),
                 Ev::Deassert(1),
                 Ev::Deassert(2),
                 Ev::Sipi(1, 8),
-                Ev::Sipi(2, 9),
+                Ev::Sipi(2, 8),
                 Ev::Sipi(1, 8),
-                Ev::Sipi(2, 9)
+                Ev::Sipi(2, 8)
             ]
         );
-        assert_eq!(delays, vec![Ev::Delay(10_000), Ev::Delay(200), Ev::Delay(200)]);
+        assert_eq!(ipi.delays, vec![Ev::Delay(10_000), Ev::Delay(200), Ev::Delay(200)]);
     }
 
     #[test]
-    fn the_init_wait_is_skipped_when_not_needed() {
+    fn one_init_wait_covers_hundreds_of_cpus_and_is_skipped_when_not_needed() {
+        let ids: Vec<u32> = (1..300).collect();
+        let mut hw = Fake::default();
+        start_all(&mut hw, &ids, 0x1000, true).unwrap();
+        assert_eq!(hw.delays.iter().filter(|d| **d == Ev::Delay(10_000)).count(), 1);
+        let mut hw = Fake::default();
+        start_all(&mut hw, &[3], 0x1000, false).unwrap();
+        assert_eq!(hw.delays, vec![Ev::Delay(200), Ev::Delay(200)]);
+    }
+
+    #[test]
+    fn a_bad_page_sends_nothing_and_a_stuck_or_duplicate_cpu_does_not_stop_the_others() {
         let mut ipi = Fake::default();
-        let mut delays = Vec::new();
-        start_all(&mut ipi, &mut D(&mut delays), &[Target { apic_id: 3, page: 0x1000 }], false);
-        assert_eq!(delays, vec![Ev::Delay(200), Ev::Delay(200)]);
-    }
-
-    #[test]
-    fn refused_targets_get_no_ipi_and_a_stuck_one_does_not_stop_the_others() {
+        assert_eq!(
+            start_all(&mut ipi, &[1], 0xA_0000, false),
+            Err(TargetError::BadPage { page: 0xA_0000 })
+        );
+        assert!(ipi.log.is_empty());
         let mut ipi = Fake { stuck: Some(2), ..Fake::default() };
-        let mut delays = Vec::new();
-        let t = [
-            Target { apic_id: 1, page: 0x8000 },
-            Target { apic_id: 2, page: 0x9000 },
-            Target { apic_id: 5, page: 0xA_0000 }, // reserved vector A0h
-            Target { apic_id: 1, page: 0xB000 },   // duplicate
-            Target { apic_id: 6, page: 0x8800 },   // not page-aligned
-        ];
-        let r = start_all(&mut ipi, &mut D(&mut delays), &t, false);
-        assert_eq!(r[0].1, Ok(()));
-        assert_eq!(r[1].1, Err(TargetError::Ipi(IpiError::DeliveryTimeout { apic_id: 2 })));
-        assert_eq!(r[2].1, Err(TargetError::BadPage { apic_id: 5, page: 0xA_0000 }));
-        assert_eq!(r[3].1, Err(TargetError::Duplicate { apic_id: 1 }));
-        assert!(matches!(r[4].1, Err(TargetError::BadPage { apic_id: 6, .. })));
-        assert!(!ipi.log.iter().any(|e| matches!(e, Ev::Init(5) | Ev::Init(6))));
+        let r = start_all(&mut ipi, &[1, 2, 1, 3], 0x8000, false).unwrap();
+        assert_eq!(r[0], (1, Ok(())));
+        assert_eq!(r[1], (2, Err(TargetError::Ipi(IpiError::DeliveryTimeout { apic_id: 2 }))));
+        assert_eq!(r[2], (1, Err(TargetError::Duplicate { apic_id: 1 })));
+        assert_eq!(r[3], (3, Ok(())));
         // APIC 2's INIT failed: it gets no SIPI after it (only the one that precedes every INIT).
         let init2 = ipi.log.iter().position(|e| *e == Ev::Init(2)).unwrap();
         assert!(!ipi.log[init2..].iter().any(|e| matches!(e, Ev::Sipi(2, _))));
         assert_eq!(ipi.log.iter().filter(|e| matches!(e, Ev::Sipi(1, 8))).count(), 3);
+    }
+
+    #[test]
+    fn parking_sends_a_sipi_before_the_init_and_one_after() {
+        let mut ipi = Fake::default();
+        let r = park_all(&mut ipi, &[4, 5], 0x9000, false).unwrap();
+        assert!(r.iter().all(|(_, r)| r.is_ok()));
+        assert_eq!(
+            ipi.log,
+            vec![
+                Ev::Sipi(4, 9),
+                Ev::Sipi(5, 9),
+                Ev::Init(4),
+                Ev::Init(5),
+                Ev::Deassert(4),
+                Ev::Deassert(5),
+                Ev::Sipi(4, 9),
+                Ev::Sipi(5, 9),
+            ]
+        );
+        ipi.log.clear();
+        resend_park(&mut ipi, &[5], 0x9000).unwrap();
+        assert_eq!(ipi.log, vec![Ev::Sipi(5, 9)]);
     }
 
     #[test]
@@ -345,15 +384,5 @@ mod tests {
             u32::from_le_bytes(*b"ntel"),
         );
         assert_eq!(v, Vendor::Intel);
-    }
-
-    #[test]
-    fn sipi_vectors() {
-        assert_eq!(sipi_vector(0x8000), Some(8));
-        assert_eq!(sipi_vector(0x9f000), Some(0x9f));
-        assert_eq!(sipi_vector(0xC0000), Some(0xC0));
-        assert_eq!(sipi_vector(0xBF000), None);
-        assert_eq!(sipi_vector(0), None);
-        assert_eq!(sipi_vector(0x100000), None);
     }
 }

@@ -32,7 +32,7 @@ pub const NAME_LEN: usize = 32;
 pub const ARGS_LEN: usize = 256;
 /// Limits that keep a corrupted count from turning into a huge loop or allocation.
 pub const MAX_FILES: usize = 64;
-pub const MAX_INSTANCES: usize = 256;
+pub const MAX_INSTANCES: usize = 1024;
 /// `cpu` value meaning "any free CPU, in inventory order".
 pub const CPU_AUTO: u32 = u32::MAX;
 /// Instance flag: the image does not speak the boot protocol.
@@ -195,8 +195,19 @@ pub struct Parsed {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FileError {
-    NoSuchFile { index: u32, count: usize },
-    ChecksumMismatch { name: String, expected: u64, actual: u64 },
+    NoSuchFile {
+        index: u32,
+        count: usize,
+    },
+    /// The file's bytes are not inside the slice given (not the bundle `parse` checked).
+    OutOfBounds {
+        index: u32,
+    },
+    ChecksumMismatch {
+        name: String,
+        expected: u64,
+        actual: u64,
+    },
 }
 
 impl fmt::Display for FileError {
@@ -204,6 +215,9 @@ impl fmt::Display for FileError {
         match self {
             FileError::NoSuchFile { index, count } => {
                 write!(f, "image #{index} does not exist (the bundle has {count})")
+            }
+            FileError::OutOfBounds { index } => {
+                write!(f, "image #{index} lies outside the bundle it was read from")
             }
             FileError::ChecksumMismatch { name, expected, actual } => write!(
                 f,
@@ -213,6 +227,10 @@ impl fmt::Display for FileError {
     }
 }
 
+impl core::error::Error for FileError {}
+
+impl core::error::Error for BundleError {}
+
 impl Parsed {
     /// The bytes of file `index`, checked against its checksum.
     pub fn file<'a>(&self, bundle: &'a [u8], index: u32) -> Result<&'a [u8], FileError> {
@@ -220,8 +238,13 @@ impl Parsed {
             .files
             .get(index as usize)
             .ok_or(FileError::NoSuchFile { index, count: self.files.len() })?;
-        // Bounds were checked by `parse`.
-        let bytes = &bundle[f.offset as usize..(f.offset + f.len) as usize];
+        // `parse` checked the bounds against the bundle it read; `get` covers a caller that
+        // passes another slice.
+        let bytes = usize::try_from(f.offset)
+            .ok()
+            .zip(usize::try_from(f.len).ok())
+            .and_then(|(start, len)| bundle.get(start..start.checked_add(len)?))
+            .ok_or(FileError::OutOfBounds { index })?;
         let actual = bootproto::fnv1a64(bytes);
         if actual != f.checksum {
             return Err(FileError::ChecksumMismatch {

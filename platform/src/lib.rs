@@ -19,4 +19,5 @@ pub mod memmap;
 pub mod pagetable;
 pub mod partition;
 pub mod shell;
+pub mod supervisor;
 pub mod textgrid;

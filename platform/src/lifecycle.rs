@@ -155,20 +155,47 @@ pub enum Policy {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
     Leave,
-    Restart,
+    /// Stop it now and start it again after `delay_ms` (the back-off).
+    Restart {
+        delay_ms: u64,
+    },
     /// The policy would restart, but the limit is reached.
     GiveUp,
 }
 
-/// What the restart policy says about an instance that just reached `state`.
-pub fn decide(policy: Policy, state: State, exit_code: u32, restarts: u32) -> Decision {
-    let failed = match state {
+/// The first restart is immediate; each further one waits twice as long as the previous,
+/// from this, so a kernel that fails at once costs the machine little.
+pub const BACKOFF_START_MS: u64 = 25;
+/// The longest back-off between two restarts.
+pub const BACKOFF_MAX_MS: u64 = 1000;
+
+/// The wait before restart number `restarts + 1` (`restarts` already made).
+pub fn backoff_ms(restarts: u32) -> u64 {
+    match restarts {
+        0 => 0,
+        n => BACKOFF_START_MS.saturating_mul(1u64 << (n - 1).min(16)).min(BACKOFF_MAX_MS),
+    }
+}
+
+/// Is `state` (with this exit code) a failure the restart policy acts on? `Failed` counts when
+/// the failure is transient (a CPU that missed its check-in, an instance that wrote garbage
+/// into shared memory); a refusal that would repeat (an image the loader refuses) does not.
+pub fn is_failure(state: State, exit_code: u32, transient: bool) -> bool {
+    match state {
         State::Faulted | State::Hung => true,
         State::Exited => exit_code != 0,
+        State::Failed => transient,
         _ => false,
-    };
+    }
+}
+
+/// What the restart policy says about an instance that just failed (`failed`, see
+/// [`is_failure`]) after `restarts` restarts.
+pub fn decide(policy: Policy, failed: bool, restarts: u32) -> Decision {
     match (policy, failed) {
-        (Policy::OnFailure { max_restarts }, true) if restarts < max_restarts => Decision::Restart,
+        (Policy::OnFailure { max_restarts }, true) if restarts < max_restarts => {
+            Decision::Restart { delay_ms: backoff_ms(restarts) }
+        }
         (Policy::OnFailure { .. }, true) => Decision::GiveUp,
         _ => Decision::Leave,
     }
@@ -223,18 +250,29 @@ mod tests {
     }
 
     #[test]
-    fn restart_policy_counts_and_gives_up() {
+    fn restart_policy_counts_backs_off_and_gives_up() {
         let p = Policy::OnFailure { max_restarts: 2 };
-        assert_eq!(decide(p, State::Faulted, 0, 0), Decision::Restart);
-        assert_eq!(decide(p, State::Hung, 0, 1), Decision::Restart);
-        assert_eq!(decide(p, State::Faulted, 0, 2), Decision::GiveUp);
         assert_eq!(
-            decide(p, State::Exited, 0, 0),
-            Decision::Leave,
-            "a clean exit is not a failure"
+            decide(p, is_failure(State::Faulted, 0, false), 0),
+            Decision::Restart { delay_ms: 0 }
         );
-        assert_eq!(decide(p, State::Exited, 3, 0), Decision::Restart);
-        assert_eq!(decide(Policy::Never, State::Faulted, 0, 0), Decision::Leave);
-        assert_eq!(decide(p, State::Running, 0, 0), Decision::Leave);
+        assert_eq!(
+            decide(p, is_failure(State::Hung, 0, false), 1),
+            Decision::Restart { delay_ms: 25 }
+        );
+        assert_eq!(decide(p, true, 2), Decision::GiveUp);
+        assert!(!is_failure(State::Exited, 0, false), "a clean exit is not a failure");
+        assert!(is_failure(State::Exited, 3, false));
+        assert!(is_failure(State::Failed, 0, true) && !is_failure(State::Failed, 0, false));
+        assert!(!is_failure(State::Running, 0, true));
+        assert_eq!(decide(Policy::Never, true, 0), Decision::Leave);
+        assert_eq!(decide(p, false, 0), Decision::Leave);
+    }
+
+    #[test]
+    fn the_back_off_doubles_up_to_its_cap_and_never_overflows() {
+        let waits: Vec<u64> = (0..8).map(backoff_ms).collect();
+        assert_eq!(waits, [0, 25, 50, 100, 200, 400, 800, 1000]);
+        assert_eq!(backoff_ms(u32::MAX), BACKOFF_MAX_MS);
     }
 }

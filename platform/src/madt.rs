@@ -44,7 +44,8 @@ use core::fmt;
 // ACPI 6.5, "System Description Table Header": 36 bytes, signature at 0, length at 4,
 // checksum covering the whole table at 9, OEM ID at 10.
 const SDT_HEADER_LEN: usize = 36;
-const OFFSET_LENGTH: usize = 4;
+/// Offset of the SDT header's Length field (ACPI 6.5, "System Description Table Header").
+pub const OFFSET_LENGTH: usize = 4;
 const OFFSET_REVISION: usize = 8;
 const OFFSET_OEM_ID: usize = 10;
 
@@ -373,6 +374,36 @@ impl Inventory {
     /// The CPUs that may be started (every startable CPU but the BSP), in table order.
     pub fn startable_cpus(&self) -> impl Iterator<Item = &Cpu> {
         self.cpus.iter().filter(|c| c.startable())
+    }
+}
+
+/// An inventory of xAPIC CPUs with these IDs, the first the BSP, those in `disabled` neither
+/// enabled nor online-capable: for tests of what consumes an inventory.
+#[cfg(test)]
+pub(crate) fn test_inventory(ids: &[u32], disabled: &[u32]) -> Inventory {
+    Inventory {
+        local_apic_address: 0xfee0_0000,
+        flags: 0,
+        pcat_compat: false,
+        revision: 1,
+        oem_id: *b"TEST  ",
+        cpus: ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| Cpu {
+                uid: i as u32,
+                apic_id: id,
+                kind: CpuKind::Lapic,
+                enabled: !disabled.contains(&id),
+                online_capable: false,
+                bsp: i == 0,
+                offset: 44 + 8 * i,
+            })
+            .collect(),
+        io_apics: Vec::new(),
+        overrides: Vec::new(),
+        notes: Vec::new(),
+        skipped_entries: 0,
     }
 }
 

@@ -27,6 +27,10 @@ pub const PAGE_2M: u64 = 0x20_0000;
 /// Entry bits (SDM Vol. 3A, "Paging-Structure Entries").
 pub const PRESENT: u64 = 1 << 0;
 pub const WRITABLE: u64 = 1 << 1;
+/// Page-level write-through and cache disable: with the PAT at its power-up value, PWT|PCD
+/// selects UC, uncached (SDM Vol. 3A, "Memory Types", "Selecting a Memory Type from the PAT").
+pub const WRITE_THROUGH: u64 = 1 << 3;
+pub const CACHE_DISABLE: u64 = 1 << 4;
 pub const HUGE: u64 = 1 << 7;
 pub const NO_EXECUTE: u64 = 1 << 63;
 /// Bits 12..52 hold the physical address of the next table or page.
@@ -37,13 +41,29 @@ pub const ADDR_MASK: u64 = 0x000F_FFFF_FFFF_F000;
 pub struct Perms {
     pub writable: bool,
     pub executable: bool,
+    /// Uncached (for device registers such as the local APIC's page).
+    pub uncached: bool,
 }
 
 impl Perms {
-    pub const RW: Perms = Perms { writable: true, executable: false };
-    pub const RX: Perms = Perms { writable: false, executable: true };
-    pub const RWX: Perms = Perms { writable: true, executable: true };
-    pub const R: Perms = Perms { writable: false, executable: false };
+    pub const RW: Perms = Perms { writable: true, executable: false, uncached: false };
+    pub const RX: Perms = Perms { writable: false, executable: true, uncached: false };
+    pub const RWX: Perms = Perms { writable: true, executable: true, uncached: false };
+    pub const R: Perms = Perms { writable: false, executable: false, uncached: false };
+    /// Device registers: read/write, no execute, uncached.
+    pub const MMIO: Perms = Perms { writable: true, executable: false, uncached: true };
+
+    /// The permissions of an ELF segment mapping.
+    pub const fn segment(writable: bool, executable: bool) -> Perms {
+        Perms { writable, executable, uncached: false }
+    }
+}
+
+/// An upper bound on the table frames below the root that mapping `len` bytes at any address
+/// can need: a page table per 2 MiB touched, a page directory per GiB touched, a PDPT per
+/// 512 GiB touched, each plus one for a range that straddles a boundary.
+pub const fn tables_bound(len: u64) -> u64 {
+    len.div_ceil(PAGE_2M) + 1 + len.div_ceil(1 << 30) + 1 + len.div_ceil(1 << 39) + 1
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,6 +147,9 @@ impl<'m, M: TableMemory> Mapper<'m, M> {
         let mut e = PRESENT;
         if perms.writable {
             e |= WRITABLE;
+        }
+        if perms.uncached {
+            e |= WRITE_THROUGH | CACHE_DISABLE;
         }
         if self.nx && !perms.executable {
             e |= NO_EXECUTE;
@@ -277,7 +300,11 @@ pub fn translate<M: TableMemory + ?Sized>(mem: &M, root: u64, virt: u64) -> Opti
         if level == 0 || huge {
             let page_size = 1u64 << (12 + 9 * level);
             let base = e & ADDR_MASK & !(page_size - 1);
-            return Some((base + (virt & (page_size - 1)), Perms { writable, executable }));
+            let uncached = e & (WRITE_THROUGH | CACHE_DISABLE) == WRITE_THROUGH | CACHE_DISABLE;
+            return Some((
+                base + (virt & (page_size - 1)),
+                Perms { writable, executable, uncached },
+            ));
         }
         table = e & ADDR_MASK;
     }

@@ -1,5 +1,5 @@
-//! The partition planner: which physical memory each kernel instance, the AP trampoline and the
-//! page-table pool get.
+//! The partition planner: which physical memory each kernel instance, the AP start-up pages,
+//! the CPU table and the page-table pool get.
 //!
 //! Input: the firmware memory map ([`Region`]s), the ranges the manager itself lives in
 //! ([`Protected`]: its image, stack, heap, boot info, ramdisk, page tables), and a
@@ -10,21 +10,25 @@
 //!   pages, with anything a non-usable region also claims cut out), minus every protected range
 //!   (widened to whole pages). Protected ranges usually sit inside `Bootloader` regions, but
 //!   that is checked, not assumed: a protected range reported as usable is still never carved.
-//! - Placement order, deterministic: (1) fixed-base instances, in request order; (2) the AP
-//!   trampoline: the lowest free 4 KiB page below 1 MiB other than page 0; (3) the page-table
-//!   pool, lowest fit between 1 MiB and 4 GiB; (4) the other instances, largest first (ties in
-//!   request order), each at the lowest aligned address at or above 1 MiB where it fits. Each
-//!   placed region is removed from free memory before the next is placed.
-//! - Instances never go below 1 MiB: low memory holds the trampoline and legacy firmware data,
-//!   and it is not part of the [`FrameAllocator`]'s pool.
+//! - Placement order, deterministic: (1) fixed-base instances, in request order; (2) the two AP
+//!   start-up pages (the shared start page and the parking page): the lowest free 4 KiB pages
+//!   below 1 MiB that can be SIPI targets; (3) each instance's low-memory slice, if it asks for
+//!   one (Linux needs one for its own real-mode trampoline), lowest fit in
+//!   [`LOW_SLICE_START`]..1 MiB, in request order; (4) the page-table pool and (5) the CPU table,
+//!   lowest fit between 1 MiB and 4 GiB; (6) the other instances, largest first (ties in request
+//!   order), each at the lowest aligned address at or above 1 MiB where it fits. Each placed
+//!   region is removed from free memory before the next is placed.
+//! - Low memory use does not grow with the number of CPUs: two pages, plus the slices
+//!   instances ask for. Instance regions never go below 1 MiB; low memory is not part of the
+//!   [`FrameAllocator`]'s pool.
 //!
 //! # Failures are per instance
 //! A problem with one instance (bad request, fixed base on someone else's memory, no room)
 //! does not fail the plan: that instance is listed in [`Plan::refused`] with an
 //! [`InstanceRefusal`] and the others are still placed, so the manager can report it, skip it
 //! and boot the rest. Only what every instance depends on fails the whole plan with a
-//! [`PlanError`]: no trampoline page, no room for the page-table pool, an invalid protected
-//! range.
+//! [`PlanError`]: no room for the two start-up pages, the page-table pool or the CPU table, an
+//! invalid protected range.
 //!
 //! # Invariants of a [`Plan`]
 //! - Carved regions (every owner but [`Owner::Manager`]) are page-aligned, non-empty, pairwise
@@ -51,11 +55,17 @@ use crate::memmap::{
 /// The default alignment of an instance: one 2 MiB large page (SDM Vol. 3A, "4-Level Paging",
 /// a PDE that maps a 2 MiB page), so instances can be mapped with large pages.
 pub const DEFAULT_INSTANCE_ALIGN: u64 = 2 << 20;
-/// The page-table pool must be below 4 GiB: the AP trampoline loads CR3 while still in 32-bit
-/// protected mode, where CR3 holds a 32-bit address (SDM Vol. 3A, "Initializing IA-32e Mode").
+/// The page-table pool and the CPU table must be below 4 GiB: the AP start-up code reads the
+/// table and loads CR3 while still in 32-bit protected mode, where addresses and CR3 are 32-bit
+/// (SDM Vol. 3A, "Initializing IA-32e Mode").
 pub const PAGE_TABLE_POOL_LIMIT: u64 = 1 << 32;
-/// The trampoline is one page.
-pub const TRAMPOLINE_SIZE: u64 = PAGE_SIZE;
+/// Low-memory slices start here: Linux reserves the first 64 KiB for itself
+/// (`early_reserve_memory()`, arch/x86/kernel/setup.c) and the page at 0 holds the real-mode
+/// interrupt vectors and the BIOS data area.
+pub const LOW_SLICE_START: u64 = 0x1_0000;
+/// SIPI vectors A0h–BFh are reserved (SDM Vol. 3A, "MP Initialization Protocol Algorithm for
+/// MP Systems"): no start-up page may lie in this range.
+const RESERVED_SIPI_PAGES: Range = Range::new(0xA_0000, 0xC_0000);
 
 /// A range the manager already uses, which nothing may be carved from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,12 +92,25 @@ pub struct InstanceRequest {
     pub align: u64,
     /// Place the instance exactly here, or refuse it.
     pub fixed_base: Option<u64>,
+    /// Bytes of memory below 1 MiB the instance needs for itself (0: none); rounded up to pages.
+    pub low_memory: u64,
 }
 
 impl InstanceRequest {
-    /// A request with the default alignment and no fixed base.
+    /// A request with the default alignment, no fixed base and no low memory.
     pub fn new(name: &str, size: u64) -> Self {
-        InstanceRequest { name: name.into(), size, align: DEFAULT_INSTANCE_ALIGN, fixed_base: None }
+        InstanceRequest {
+            name: name.into(),
+            size,
+            align: DEFAULT_INSTANCE_ALIGN,
+            fixed_base: None,
+            low_memory: 0,
+        }
+    }
+
+    pub fn with_low_memory(mut self, bytes: u64) -> Self {
+        self.low_memory = bytes;
+        self
     }
 
     pub fn at(mut self, base: u64) -> Self {
@@ -107,35 +130,40 @@ pub struct PlanRequest {
     pub instances: Vec<InstanceRequest>,
     /// Bytes of page-table pool below 4 GiB, rounded up to whole pages; 0 for none.
     pub page_table_pool: u64,
-    /// Contiguous 4 KiB trampoline pages below 1 MiB: one per instance, so every AP has its
-    /// own start-up page and all can be started at once. 0 is taken as 1; at most
-    /// [`MAX_TRAMPOLINE_PAGES`].
-    pub trampoline_pages: u64,
+    /// Bytes of CPU table (the start-up code's APIC ID → parameters table) below 4 GiB, rounded
+    /// up to whole pages; 0 for none.
+    pub cpu_table: u64,
 }
-
-/// Upper bound on trampoline pages (low memory is small; 64 instances is plenty for one plan).
-pub const MAX_TRAMPOLINE_PAGES: u64 = 64;
 
 /// Who a region of the plan belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Owner {
     /// A protected range of the manager, with its label.
     Manager(String),
-    /// The AP start-up page below 1 MiB.
-    Trampoline,
+    /// The shared AP start-up page below 1 MiB.
+    StartPage,
+    /// The page stopped CPUs are parked on, below 1 MiB.
+    ParkPage,
     /// Memory for the instances' page tables, below 4 GiB.
     PageTablePool,
+    /// The CPU table the start-up code reads, below 4 GiB.
+    CpuTable,
     /// A kernel instance, by name.
     Instance(String),
+    /// An instance's slice of memory below 1 MiB, by instance name.
+    LowMemory(String),
 }
 
 impl fmt::Display for Owner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Owner::Manager(label) => write!(f, "the manager's {label}"),
-            Owner::Trampoline => f.write_str("the AP trampoline"),
+            Owner::StartPage => f.write_str("the AP start page"),
+            Owner::ParkPage => f.write_str("the AP parking page"),
             Owner::PageTablePool => f.write_str("the page-table pool"),
+            Owner::CpuTable => f.write_str("the CPU table"),
             Owner::Instance(name) => write!(f, "instance '{name}'"),
+            Owner::LowMemory(name) => write!(f, "the low memory of instance '{name}'"),
         }
     }
 }
@@ -198,6 +226,12 @@ pub enum InstanceProblem {
     NoRoom {
         size: u64,
         align: u64,
+        largest: Option<Range>,
+    },
+    /// No free run below 1 MiB holds the `size` bytes of low memory the instance needs;
+    /// `largest` is the largest free run there.
+    NoLowMemory {
+        size: u64,
         largest: Option<Range>,
     },
 }
@@ -321,6 +355,18 @@ impl fmt::Display for InstanceRefusal {
                     None => f.write_str("; no free memory is left above 1 MiB"),
                 }
             }
+            InstanceProblem::NoLowMemory { size, largest } => {
+                write!(f, "instance '{name}' needs {} of memory below 1 MiB", Size(*size))?;
+                match largest {
+                    Some(r) => write!(
+                        f,
+                        "; the largest free run there is {} at {:#x}",
+                        Size(r.len()),
+                        r.start
+                    ),
+                    None => f.write_str("; none is free (the firmware map leaves no more)"),
+                }
+            }
         }
     }
 }
@@ -328,8 +374,12 @@ impl fmt::Display for InstanceRefusal {
 /// Why no plan could be made at all.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PlanError {
-    /// No usable, unprotected 4 KiB page between 4 KiB and 1 MiB.
-    NoTrampolinePage,
+    /// Fewer than two usable, unprotected 4 KiB pages in 4 KiB..1 MiB outside the reserved SIPI
+    /// vectors: the start page and the parking page need one each. `found` is how many there
+    /// were.
+    NoStartPages { found: u64 },
+    /// The CPU table does not fit between 1 MiB and 4 GiB.
+    NoRoomForCpuTable { size: u64, largest: Option<Range> },
     /// The page-table pool does not fit between 1 MiB and 4 GiB; `largest` is the largest free
     /// run there.
     NoRoomForPageTablePool { size: u64, largest: Option<Range> },
@@ -342,8 +392,22 @@ pub enum PlanError {
 impl fmt::Display for PlanError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PlanError::NoTrampolinePage => {
-                f.write_str("no usable run of 4 KiB pages below 1 MiB for the AP trampolines (one per instance)")
+            PlanError::NoStartPages { found } => write!(
+                f,
+                "the AP start-up code needs 2 free 4 KiB pages of usable RAM below 1 MiB (the \
+                 start page and the parking page); the firmware memory map leaves {found}"
+            ),
+            PlanError::NoRoomForCpuTable { size, largest } => {
+                write!(f, "the CPU table needs {} below 4 GiB", Size(*size))?;
+                match largest {
+                    Some(r) => write!(
+                        f,
+                        "; the largest free run there is {} at {:#x}",
+                        Size(r.len()),
+                        r.start
+                    ),
+                    None => f.write_str("; nothing is free between 1 MiB and 4 GiB"),
+                }
             }
             PlanError::NoRoomForPageTablePool { size, largest } => {
                 write!(f, "the page-table pool needs {} below 4 GiB", Size(*size))?;
@@ -385,9 +449,24 @@ impl Plan {
         self.find(|o| matches!(o, Owner::Instance(n) if n == name))
     }
 
-    /// The AP trampoline page (always present in a plan).
-    pub fn trampoline(&self) -> Option<Range> {
-        self.find(|o| *o == Owner::Trampoline)
+    /// The shared AP start page (always present in a plan).
+    pub fn start_page(&self) -> Option<u64> {
+        self.find(|o| *o == Owner::StartPage).map(|r| r.start)
+    }
+
+    /// The parking page (always present in a plan).
+    pub fn park_page(&self) -> Option<u64> {
+        self.find(|o| *o == Owner::ParkPage).map(|r| r.start)
+    }
+
+    /// The CPU table (absent if none was requested).
+    pub fn cpu_table(&self) -> Option<Range> {
+        self.find(|o| *o == Owner::CpuTable)
+    }
+
+    /// The named instance's slice of low memory, if it asked for one.
+    pub fn low_memory(&self, name: &str) -> Option<Range> {
+        self.find(|o| matches!(o, Owner::LowMemory(n) if n == name))
     }
 
     /// The page-table pool (absent if none was requested).
@@ -410,8 +489,8 @@ impl Plan {
     /// Carved regions above 1 MiB must be entirely free in `frames`; this is checked for all of
     /// them before anything is reserved, so a `NotFree` error leaves `frames` unchanged. (A
     /// `TooFragmented` error can still come after some reservations; the manager treats any
-    /// error here as fatal.) The trampoline page is below 1 MiB, outside the allocator's pool,
-    /// and is skipped. Protected ranges are reserved wherever they overlap free memory.
+    /// error here as fatal.) Pages below 1 MiB are outside the allocator's pool and are
+    /// skipped. Protected ranges are reserved wherever they overlap free memory.
     pub fn apply_to(&self, frames: &mut FrameAllocator) -> Result<(), FrameError> {
         let carved: Vec<Range> = self
             .carved()
@@ -495,6 +574,8 @@ fn largest_run(free: &[Range], lo: u64, hi: u64) -> Option<Range> {
 struct Checked<'a> {
     req: &'a InstanceRequest,
     size: u64,
+    /// Page-rounded low memory (0: none).
+    low: u64,
 }
 
 fn check_request(req: &InstanceRequest) -> Result<Checked<'_>, InstanceProblem> {
@@ -515,7 +596,10 @@ fn check_request(req: &InstanceRequest) -> Result<Checked<'_>, InstanceProblem> 
             return Err(InstanceProblem::LowMemory { base });
         }
     }
-    Ok(Checked { req, size })
+    let low = align_up(req.low_memory, PAGE_SIZE)
+        .filter(|&l| l < LOW_MEMORY_END)
+        .ok_or(InstanceProblem::NoLowMemory { size: req.low_memory, largest: None })?;
+    Ok(Checked { req, size, low })
 }
 
 struct Planner<'a> {
@@ -638,7 +722,52 @@ pub fn plan(
         }
     }
 
-    // (1) Fixed-base instances, in request order.
+    // (1) The start page and the parking page: single free pages in [4 KiB, 1 MiB) that are
+    // valid SIPI targets. Counted first, so a refusal says how many there are.
+    let sipi_pages = |free: &[Range]| -> Vec<u64> {
+        let mut pages = Vec::new();
+        for f in free.iter().filter(|f| f.start < LOW_MEMORY_END) {
+            let mut p = align_up(f.start.max(PAGE_SIZE), PAGE_SIZE).unwrap_or(u64::MAX);
+            while p.checked_add(PAGE_SIZE).is_some_and(|end| end <= f.end.min(LOW_MEMORY_END))
+                && pages.len() < 2
+            {
+                if !RESERVED_SIPI_PAGES.overlaps(&Range::new(p, p + PAGE_SIZE)) {
+                    pages.push(p);
+                }
+                p += PAGE_SIZE;
+            }
+        }
+        pages
+    };
+    let pages = sipi_pages(&planner.free);
+    let [start_page, park_page] = pages[..] else {
+        return Err(PlanError::NoStartPages { found: pages.len() as u64 });
+    };
+    planner.carve(Owner::StartPage, Range::new(start_page, start_page + PAGE_SIZE));
+    planner.carve(Owner::ParkPage, Range::new(park_page, park_page + PAGE_SIZE));
+
+    // (2) Low-memory slices, in request order.
+    let mut placed_low: Vec<String> = Vec::new();
+    for c in checked.iter().filter(|c| c.low > 0) {
+        match first_fit(&planner.free, c.low, PAGE_SIZE, LOW_SLICE_START, LOW_MEMORY_END) {
+            Some(start) => {
+                planner
+                    .carve(Owner::LowMemory(c.req.name.clone()), Range::new(start, start + c.low));
+                placed_low.push(c.req.name.clone());
+            }
+            None => refused.push(InstanceRefusal {
+                name: c.req.name.clone(),
+                problem: InstanceProblem::NoLowMemory {
+                    size: c.low,
+                    largest: largest_run(&planner.free, LOW_SLICE_START, LOW_MEMORY_END),
+                },
+            }),
+        }
+    }
+    // An instance without its low slice is not placed at all.
+    checked.retain(|c| c.low == 0 || placed_low.contains(&c.req.name));
+
+    // (3) Fixed-base instances, in request order.
     for c in checked.iter().filter(|c| c.req.fixed_base.is_some()) {
         let Some(base) = c.req.fixed_base else { continue };
         // check_request proved base + size does not overflow.
@@ -649,26 +778,31 @@ pub fn plan(
         }
     }
 
-    // (2) The trampoline pages: a free run in [4 KiB, 1 MiB).
-    let tramp_size = request.trampoline_pages.clamp(1, MAX_TRAMPOLINE_PAGES) * TRAMPOLINE_SIZE;
-    let tramp = first_fit(&planner.free, tramp_size, PAGE_SIZE, PAGE_SIZE, LOW_MEMORY_END)
-        .ok_or(PlanError::NoTrampolinePage)?;
-    planner.carve(Owner::Trampoline, Range::new(tramp, tramp + tramp_size));
-
-    // (3) The page-table pool, between 1 MiB and 4 GiB.
-    if request.page_table_pool > 0 {
-        let size = align_up(request.page_table_pool, PAGE_SIZE)
-            .ok_or(PlanError::PageTablePoolSizeOverflow { size: request.page_table_pool })?;
+    // (4) The page-table pool and the CPU table, between 1 MiB and 4 GiB.
+    for (owner, bytes) in
+        [(Owner::PageTablePool, request.page_table_pool), (Owner::CpuTable, request.cpu_table)]
+    {
+        if bytes == 0 {
+            continue;
+        }
+        let overflow = || match owner {
+            Owner::CpuTable => PlanError::NoRoomForCpuTable { size: bytes, largest: None },
+            _ => PlanError::PageTablePoolSizeOverflow { size: bytes },
+        };
+        let size = align_up(bytes, PAGE_SIZE).ok_or_else(overflow)?;
         let start =
             first_fit(&planner.free, size, PAGE_SIZE, LOW_MEMORY_END, PAGE_TABLE_POOL_LIMIT)
-                .ok_or_else(|| PlanError::NoRoomForPageTablePool {
-                    size,
-                    largest: largest_run(&planner.free, LOW_MEMORY_END, PAGE_TABLE_POOL_LIMIT),
+                .ok_or_else(|| {
+                    let largest = largest_run(&planner.free, LOW_MEMORY_END, PAGE_TABLE_POOL_LIMIT);
+                    match owner {
+                        Owner::CpuTable => PlanError::NoRoomForCpuTable { size, largest },
+                        _ => PlanError::NoRoomForPageTablePool { size, largest },
+                    }
                 })?;
-        planner.carve(Owner::PageTablePool, Range::new(start, start + size));
+        planner.carve(owner, Range::new(start, start + size));
     }
 
-    // (4) The other instances, largest first; a stable sort keeps request order among equals.
+    // (5) The other instances, largest first; a stable sort keeps request order among equals.
     let mut floating: Vec<&Checked<'_>> =
         checked.iter().filter(|c| c.req.fixed_base.is_none()).collect();
     floating.sort_by_key(|c| core::cmp::Reverse(c.size));
@@ -687,6 +821,12 @@ pub fn plan(
         }
     }
 
+    // A refused instance gets nothing: drop the low slice it may have been given (from the
+    // output only; it is not offered to anyone else).
+    planner.carved.retain(|k| match &k.owner {
+        Owner::LowMemory(n) => !refused.iter().any(|r| &r.name == n),
+        _ => true,
+    });
     // Report refusals in request order, whatever the placement order was.
     refused.sort_by_key(|r| {
         request.instances.iter().position(|i| i.name == r.name).unwrap_or(usize::MAX)

@@ -14,7 +14,7 @@ use platform::memmap::{
 };
 use platform::partition::{
     plan, InstanceProblem, InstanceRequest, Owner, Plan, PlanRequest, Protected,
-    DEFAULT_INSTANCE_ALIGN, MAX_TRAMPOLINE_PAGES, PAGE_TABLE_POOL_LIMIT,
+    DEFAULT_INSTANCE_ALIGN, LOW_SLICE_START, PAGE_TABLE_POOL_LIMIT,
 };
 
 const KIB: u64 = 1 << 10;
@@ -196,7 +196,7 @@ fn standard_request() -> PlanRequest {
             InstanceRequest::new("big", 64 * MIB),
         ],
         page_table_pool: MIB,
-        trampoline_pages: 4,
+        cpu_table: 3 * PAGE_SIZE,
     }
 }
 
@@ -220,10 +220,21 @@ fn check_plan(file: &str, map: &[Region], prot: &[Protected], req: &PlanRequest,
             assert!(!r.overlaps(&other.range), "{file}: {c:?} overlaps {other:?}");
         }
         match &c.owner {
-            Owner::Trampoline => {
-                let pages = req.trampoline_pages.clamp(1, MAX_TRAMPOLINE_PAGES);
+            Owner::StartPage | Owner::ParkPage => {
                 assert!(r.start >= PAGE_SIZE && r.end <= LOW_MEMORY_END, "{file}: {c:?}");
-                assert_eq!(r.len(), pages * PAGE_SIZE, "{file}: {c:?}");
+                assert_eq!(r.len(), PAGE_SIZE, "{file}: {c:?}");
+            }
+            Owner::CpuTable => {
+                assert!(
+                    r.start >= LOW_MEMORY_END && r.end <= PAGE_TABLE_POOL_LIMIT,
+                    "{file}: {c:?}"
+                );
+                assert!(r.len() >= req.cpu_table, "{file}: {c:?}");
+            }
+            Owner::LowMemory(name) => {
+                let want = req.instances.iter().find(|i| &i.name == name).unwrap();
+                assert!(r.start >= LOW_SLICE_START && r.end <= LOW_MEMORY_END, "{file}: {c:?}");
+                assert!(r.len() >= want.low_memory, "{file}: {c:?}");
             }
             Owner::PageTablePool => {
                 assert!(
@@ -246,7 +257,7 @@ fn check_plan(file: &str, map: &[Region], prot: &[Protected], req: &PlanRequest,
             Owner::Manager(_) => unreachable!(),
         }
     }
-    assert!(p.trampoline().is_some(), "{file}: every plan has a trampoline");
+    assert!(p.start_page().is_some() && p.park_page().is_some(), "{file}: no start-up pages");
     assert_eq!(p.page_table_pool().is_some(), req.page_table_pool > 0, "{file}");
     for inst in &req.instances {
         let placed = p.instance(&inst.name).is_some();
@@ -390,7 +401,7 @@ fn frame_pool_is_usable_memory_above_1mib_only() {
 }
 
 #[test]
-fn plans_instances_trampoline_and_pool_on_every_capture() {
+fn plans_instances_start_pages_and_pool_on_every_capture() {
     for c in CAPTURES {
         let map = load(c);
         let prot = fake_protected(c, &map);
@@ -398,10 +409,9 @@ fn plans_instances_trampoline_and_pool_on_every_capture() {
         let p = plan(&map, &prot, &req).unwrap_or_else(|e| panic!("{}: {e}", c.file));
         check_plan(c.file, &map, &prot, &req, &p);
         assert!(p.refused.is_empty(), "{}: {:?}", c.file, p.refused);
-        let t = p.trampoline().unwrap();
         assert_eq!(
-            t,
-            Range::new(PAGE_SIZE, 5 * PAGE_SIZE),
+            (p.start_page(), p.park_page()),
+            (Some(PAGE_SIZE), Some(2 * PAGE_SIZE)),
             "{}: lowest pages after page 0",
             c.file
         );
@@ -427,9 +437,10 @@ fn an_instance_larger_than_any_run_is_refused_naming_the_largest_run() {
         let p = plan(&map, &prot, &req).unwrap();
         check_plan(c.file, &map, &prot, &req, &p);
         // The huge instance is tried first among the floating ones (largest first), after
-        // the pool: the largest run then is usable memory minus the protected pages and the
-        // pool.
-        let expected = largest(&free_memory(&map, &prot, &[p.page_table_pool().unwrap()]));
+        // the pool and the CPU table: the largest run then is usable memory minus the
+        // protected pages, the pool and the table.
+        let carved_before = [p.page_table_pool().unwrap(), p.cpu_table().unwrap()];
+        let expected = largest(&free_memory(&map, &prot, &carved_before));
         assert!(expected.is_some());
         assert_eq!(p.refused.len(), 1, "{}: {:?}", c.file, p.refused);
         assert_eq!(p.refused[0].name, "huge");
@@ -517,7 +528,7 @@ fn fixed_base_at_every_non_usable_region_is_refused_naming_it() {
                     .aligned(PAGE_SIZE)
                     .at(m.start)],
                 page_table_pool: 0,
-                trampoline_pages: 1,
+                cpu_table: 0,
             };
             let p = plan(&map, &prot, &req).unwrap();
             let problem =
@@ -655,7 +666,7 @@ fn random_case(rng: &mut XorShift, map: &[Region]) -> (Vec<Protected>, PlanReque
     let req = PlanRequest {
         instances,
         page_table_pool: rng.below(16 * MIB / PAGE_SIZE + 1) * PAGE_SIZE,
-        trampoline_pages: rng.below(9),
+        cpu_table: rng.below(4) * PAGE_SIZE,
     };
     (prot, req)
 }
@@ -736,6 +747,6 @@ fn check_plan_catches_an_instance_on_the_managers_heap() {
     let mut p = plan(&map, &prot, &req).unwrap();
     let heap = page_span(prot[0].range);
     let a = p.regions.iter_mut().find(|r| r.owner == Owner::Instance("a".into())).unwrap();
-    a.range = Range::new(heap.start, heap.start + 8 * MIB);
+    a.range = heap;
     check_plan(c.file, &map, &prot, &req, &p);
 }

@@ -6,7 +6,7 @@ use platform::frames::{FrameAllocator, FrameError};
 use platform::memmap::{normalized_usable, Range, Region, RegionKind, PAGE_SIZE};
 use platform::partition::{
     plan, InstanceProblem, InstanceRefusal, InstanceRequest, Owner, Plan, PlanError, PlanRequest,
-    Protected, DEFAULT_INSTANCE_ALIGN, PAGE_TABLE_POOL_LIMIT,
+    Protected, DEFAULT_INSTANCE_ALIGN, LOW_SLICE_START, PAGE_TABLE_POOL_LIMIT,
 };
 
 const MIB: u64 = 1 << 20;
@@ -41,7 +41,7 @@ fn protected() -> Vec<Protected> {
 }
 
 fn request(instances: Vec<InstanceRequest>) -> PlanRequest {
-    PlanRequest { instances, page_table_pool: 64 * 4096, trampoline_pages: 1 }
+    PlanRequest { instances, page_table_pool: 64 * 4096, cpu_table: 4096 }
 }
 
 fn refusal(p: &Plan, name: &str) -> InstanceProblem {
@@ -82,13 +82,23 @@ fn check_plan(map: &[Region], prot: &[Protected], req: &PlanRequest, p: &Plan) {
             assert!(!r.overlaps(&other.range), "{c:?} overlaps {other:?}");
         }
         match &c.owner {
-            Owner::Trampoline => {
-                let pages = req.trampoline_pages.clamp(1, 64);
-                assert!(r.start >= PAGE_SIZE && r.end <= 0x100000 && r.len() == pages * PAGE_SIZE)
+            Owner::StartPage | Owner::ParkPage => {
+                assert!(r.start >= PAGE_SIZE && r.end <= 0x100000 && r.len() == PAGE_SIZE);
+                assert!(!(0xa0000..0xc0000).contains(&r.start), "{c:?} is a reserved SIPI page");
             }
             Owner::PageTablePool => {
                 assert!(r.start >= 0x100000 && r.end <= PAGE_TABLE_POOL_LIMIT);
                 assert!(r.len() >= req.page_table_pool);
+            }
+            Owner::CpuTable => {
+                assert!(r.start >= 0x100000 && r.end <= PAGE_TABLE_POOL_LIMIT);
+                assert!(r.len() >= req.cpu_table);
+            }
+            Owner::LowMemory(name) => {
+                let want = req.instances.iter().find(|i| &i.name == name).unwrap();
+                assert!(r.start >= LOW_SLICE_START && r.end <= 0x100000, "{c:?}");
+                assert!(r.len() >= want.low_memory, "{c:?} vs {want:?}");
+                assert!(p.instance(name).is_some(), "{c:?}: its instance was not placed");
             }
             Owner::Instance(name) => {
                 let want = req.instances.iter().find(|i| &i.name == name).unwrap();
@@ -113,6 +123,14 @@ fn check_plan(map: &[Region], prot: &[Protected], req: &PlanRequest, p: &Plan) {
         assert_eq!(placed + refused, copies, "instance #{i} {inst:?}");
         assert!(placed <= 1);
     }
+    // An instance that asked for low memory has it exactly when it was placed.
+    for inst in req.instances.iter().filter(|i| i.low_memory > 0) {
+        if p.refused.iter().any(|r| r.name == inst.name) {
+            continue;
+        }
+        assert!(p.low_memory(&inst.name).is_some(), "{inst:?} placed without its low memory");
+    }
+    assert!(p.start_page().is_some() && p.park_page().is_some() && p.start_page() != p.park_page());
     assert!(p.regions.windows(2).all(|w| w[0].range.start <= w[1].range.start), "sorted");
     assert_eq!(
         p.regions.iter().filter(|c| matches!(c.owner, Owner::Manager(_))).count(),
@@ -123,7 +141,7 @@ fn check_plan(map: &[Region], prot: &[Protected], req: &PlanRequest, p: &Plan) {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-fn plans_trampoline_pool_and_instances() {
+fn plans_start_pages_pool_table_and_instances() {
     let map = bios_map();
     let prot = protected();
     let req =
@@ -131,9 +149,11 @@ fn plans_trampoline_pool_and_instances() {
     let p = plan(&map, &prot, &req).unwrap();
     check_plan(&map, &prot, &req, &p);
     assert!(p.refused.is_empty());
-    assert_eq!(p.trampoline(), Some(Range::new(0x1000, 0x2000)));
-    // The pool goes first-fit above 1 MiB: 4 MiB (the bootloader region and the heap are out).
+    assert_eq!((p.start_page(), p.park_page()), (Some(0x1000), Some(0x2000)));
+    // The pool goes first-fit above 1 MiB: 4 MiB (the bootloader region and the heap are out),
+    // the CPU table right after it.
     assert_eq!(p.page_table_pool(), Some(Range::new(0x400000, 0x440000)));
+    assert_eq!(p.cpu_table(), Some(Range::new(0x440000, 0x441000)));
     // Largest first: b, then a; both 2 MiB aligned, skipping the pool and the heap.
     assert_eq!(p.instance("b"), Some(Range::new(0x600000, 0x600000 + 100 * MIB)));
     assert_eq!(p.instance("a"), Some(Range::new(0x600000 + 100 * MIB, 0x600000 + 116 * MIB)));
@@ -323,7 +343,7 @@ fn no_room_names_the_largest_free_run() {
     let req = PlanRequest {
         instances: vec![InstanceRequest::new("x", 512 * MIB), InstanceRequest::new("y", 100 * MIB)],
         page_table_pool: 0,
-        trampoline_pages: 1,
+        cpu_table: 0,
     };
     let p = plan(&map, &[], &req).unwrap();
     assert_eq!(
@@ -346,23 +366,100 @@ fn no_room_names_the_largest_free_run() {
 }
 
 #[test]
-fn trampoline_is_chosen_from_the_map() {
+fn start_and_park_pages_are_chosen_from_the_map() {
     // Low memory starts at 0x7000 here, and the manager's boot info sits at 0x7000-0x7800.
     let map = vec![Region::new(0x7000, 0x9f000, U), Region::new(0x400000, 0x800000, U)];
     let prot = vec![Protected::new("boot info", 0x7000, 0x7800)];
     let p = plan(&map, &prot, &request(vec![])).unwrap();
-    assert_eq!(p.trampoline(), Some(Range::new(0x8000, 0x9000)));
-    // Only page 0 is usable below 1 MiB: no trampoline.
+    assert_eq!((p.start_page(), p.park_page()), (Some(0x8000), Some(0x9000)));
+    // Only page 0 is usable below 1 MiB: no start page.
     let map = vec![Region::new(0, 0x1000, U), Region::new(0x400000, 0x800000, U)];
     let err = plan(&map, &[], &request(vec![])).unwrap_err();
-    assert_eq!(err, PlanError::NoTrampolinePage);
+    assert_eq!(err, PlanError::NoStartPages { found: 0 });
     assert_eq!(
         err.to_string(),
-        "no usable run of 4 KiB pages below 1 MiB for the AP trampolines (one per instance)"
+        "the AP start-up code needs 2 free 4 KiB pages of usable RAM below 1 MiB (the start page \
+         and the parking page); the firmware memory map leaves 0"
     );
-    // Sub-page usable fragments do not count either.
-    let map = vec![Region::new(0x1800, 0x2800, U), Region::new(0x400000, 0x800000, U)];
-    assert_eq!(plan(&map, &[], &request(vec![])), Err(PlanError::NoTrampolinePage));
+    // One page is not enough; sub-page fragments and reserved SIPI vectors do not count.
+    let map = vec![
+        Region::new(0x1800, 0x2800, U),
+        Region::new(0x5000, 0x6000, U),
+        Region::new(0xa0000, 0xc0000, U),
+        Region::new(0x400000, 0x800000, U),
+    ];
+    assert_eq!(plan(&map, &[], &request(vec![])), Err(PlanError::NoStartPages { found: 1 }));
+}
+
+#[test]
+fn low_memory_use_does_not_grow_with_the_number_of_instances() {
+    let map = vec![Region::new(0, 0x9f000, U), Region::new(0x100000, 0x4000_0000, U)];
+    let instances = (0..300).map(|i| InstanceRequest::new(&format!("i{i}"), 2 * MIB)).collect();
+    let req = PlanRequest { instances, page_table_pool: 300 * 22 * 4096, cpu_table: 300 * 32 };
+    let p = plan(&map, &[], &req).unwrap();
+    check_plan(&map, &[], &req, &p);
+    assert!(p.refused.is_empty());
+    let low: Vec<_> = p.carved().filter(|c| c.range.start < 0x100000).collect();
+    assert_eq!(low.len(), 2, "{low:?}");
+}
+
+#[test]
+fn low_memory_slices_come_from_usable_ram_above_64_kib_or_the_instance_is_refused() {
+    let map = vec![
+        Region::new(0, 0x20000, U),
+        Region::new(0x20000, 0x30000, RegionKind::Bios(2)),
+        Region::new(0x30000, 0x9f000, U),
+        Region::new(0x100000, 0x4000_0000, U),
+    ];
+    let req = PlanRequest {
+        instances: vec![
+            InstanceRequest::new("linux-1", 128 * MIB).with_low_memory(0x11000),
+            InstanceRequest::new("linux-2", 128 * MIB).with_low_memory(0x20000),
+            InstanceRequest::new("hello", 2 * MIB),
+        ],
+        page_table_pool: MIB,
+        cpu_table: 4096,
+    };
+    let p = plan(&map, &[], &req).unwrap();
+    check_plan(&map, &[], &req, &p);
+    // 0x10000-0x20000 is too small for the first (0x11000), so both land above the hole.
+    assert_eq!(p.low_memory("linux-1"), Some(Range::new(0x30000, 0x41000)));
+    assert_eq!(p.low_memory("linux-2"), Some(Range::new(0x41000, 0x61000)));
+    // Ask for more than is left: that instance alone is refused, and gets no region.
+    let req = PlanRequest {
+        instances: vec![
+            InstanceRequest::new("linux-1", 128 * MIB).with_low_memory(0x60000),
+            InstanceRequest::new("linux-2", 128 * MIB).with_low_memory(0x20000),
+            InstanceRequest::new("hello", 2 * MIB),
+        ],
+        ..req
+    };
+    let p = plan(&map, &[], &req).unwrap();
+    check_plan(&map, &[], &req, &p);
+    assert_eq!(p.low_memory("linux-1"), Some(Range::new(0x30000, 0x90000)));
+    assert_eq!(p.instance("linux-2"), None);
+    assert_eq!(p.low_memory("linux-2"), None);
+    assert_eq!(
+        message(&p, "linux-2"),
+        "instance 'linux-2' needs 128 KiB of memory below 1 MiB; the largest free run there is \
+         64 KiB at 0x10000"
+    );
+    assert!(p.instance("hello").is_some());
+}
+
+#[test]
+fn a_refused_fixed_base_instance_keeps_no_low_memory() {
+    let map = vec![Region::new(0, 0x9f000, U), Region::new(0x100000, 0x4000_0000, U)];
+    let req = PlanRequest {
+        instances: vec![InstanceRequest::new("l", 128 * MIB)
+            .with_low_memory(0x8000)
+            .at(0x5000_0000)],
+        page_table_pool: MIB,
+        cpu_table: 4096,
+    };
+    let p = plan(&map, &[], &req).unwrap();
+    check_plan(&map, &[], &req, &p);
+    assert!(p.low_memory("l").is_none() && p.instance("l").is_none());
 }
 
 #[test]
@@ -376,12 +473,12 @@ fn page_table_pool_stays_below_4_gib() {
     let ok = PlanRequest {
         instances: vec![InstanceRequest::new("a", GIB)],
         page_table_pool: 2 * MIB,
-        trampoline_pages: 1,
+        cpu_table: 0,
     };
     let p = plan(&map, &[], &ok).unwrap();
     assert_eq!(p.page_table_pool(), Some(Range::new(0x100000, 0x300000)));
     assert_eq!(p.instance("a"), Some(Range::new(0x1_0000_0000, 0x1_4000_0000)));
-    let too_big = PlanRequest { instances: vec![], page_table_pool: 3 * MIB, trampoline_pages: 1 };
+    let too_big = PlanRequest { instances: vec![], page_table_pool: 3 * MIB, cpu_table: 0 };
     let err = plan(&map, &[], &too_big).unwrap_err();
     assert_eq!(
         err,
@@ -395,7 +492,7 @@ fn page_table_pool_stays_below_4_gib() {
         "the page-table pool needs 3 MiB below 4 GiB; the largest free run there is 2 MiB at 0x100000"
     );
     // Pool sizes are rounded up to pages.
-    let odd = PlanRequest { instances: vec![], page_table_pool: 5000, trampoline_pages: 1 };
+    let odd = PlanRequest { instances: vec![], page_table_pool: 5000, cpu_table: 0 };
     assert_eq!(plan(&map, &[], &odd).unwrap().page_table_pool().map(|r| r.len()), Some(8192));
 }
 
@@ -418,7 +515,7 @@ fn unaligned_protected_range_blocks_whole_pages() {
     let req = PlanRequest {
         instances: vec![InstanceRequest::new("a", 4096).aligned(4096)],
         page_table_pool: 4096,
-        trampoline_pages: 1,
+        cpu_table: 0,
     };
     let p = plan(&map, &prot, &req).unwrap();
     assert_eq!(p.page_table_pool(), Some(Range::new(0x201000, 0x202000)));
@@ -512,7 +609,9 @@ fn random_case(rng: &mut Lcg) -> (Vec<Region>, Vec<Protected>, PlanRequest) {
         let size = rng.pick(&[0, 4096, MIB, 2 * MIB, 16 * MIB, 100 * MIB, GIB, 3 * GIB])
             + rng.below(2) * 0x123;
         let align = rng.pick(&[4096, DEFAULT_INSTANCE_ALIGN, DEFAULT_INSTANCE_ALIGN, GIB, 3000]);
-        let mut r = InstanceRequest::new(&format!("i{}", i % 6), size).aligned(align);
+        let mut r = InstanceRequest::new(&format!("i{}", i % 6), size)
+            .aligned(align)
+            .with_low_memory(rng.pick(&[0, 0, 0, 0x8000, 0x11000, 0x80000]));
         if rng.below(3) == 0 {
             r = r.at(rng.below(4 * GIB) & !(align.max(4096) - 1));
         }
@@ -524,7 +623,7 @@ fn random_case(rng: &mut Lcg) -> (Vec<Region>, Vec<Protected>, PlanRequest) {
         PlanRequest {
             instances,
             page_table_pool: rng.pick(&[0, 4096, 64 * 4096, 4 * MIB]),
-            trampoline_pages: rng.pick(&[0, 1, 3, 8]),
+            cpu_table: rng.pick(&[0, 32, 4096, 3 * 4096]),
         },
     )
 }
@@ -549,32 +648,15 @@ fn random_plans_never_overlap_anything() {
                     }
                 }
             }
-            Err(PlanError::NoTrampolinePage | PlanError::NoRoomForPageTablePool { .. }) => {
-                failed += 1
-            }
+            Err(
+                PlanError::NoStartPages { .. }
+                | PlanError::NoRoomForPageTablePool { .. }
+                | PlanError::NoRoomForCpuTable { .. },
+            ) => failed += 1,
             Err(e) => panic!("unexpected {e:?}"),
         }
     }
     // The generator exercises both outcomes.
     assert!(planned > 1000 && refused_all > 1000, "{planned} placed, {refused_all} refused");
     assert!(failed < 1500, "{failed} whole-plan failures");
-}
-
-#[test]
-fn one_trampoline_page_per_instance_in_one_low_run() {
-    let map = vec![Region::new(0, 0x9f000, U), Region::new(0x100000, 0x1000000, U)];
-    let req = PlanRequest {
-        instances: vec![InstanceRequest::new("a", 2 * MIB), InstanceRequest::new("b", 2 * MIB)],
-        page_table_pool: 4096,
-        trampoline_pages: 3,
-    };
-    let p = plan(&map, &[], &req).unwrap();
-    assert_eq!(p.trampoline(), Some(Range::new(0x1000, 0x4000)));
-    // A low-memory map with no room for 3 pages in a row is refused as a whole.
-    let tight = vec![
-        Region::new(0x1000, 0x3000, U),
-        Region::new(0x3000, 0x4000, RegionKind::Bios(2)),
-        Region::new(0x100000, 0x1000000, U),
-    ];
-    assert_eq!(plan(&tight, &[], &req), Err(PlanError::NoTrampolinePage));
 }

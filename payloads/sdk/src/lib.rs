@@ -36,7 +36,7 @@ use core::sync::atomic::AtomicBool;
 use core::sync::atomic::{AtomicPtr, Ordering};
 
 pub use bootproto;
-use bootproto::{state, BootInfo, ConsoleRing, StatusBlock, BOOT_INFO_MAGIC, PROTOCOL_VERSION};
+use bootproto::{state, BootInfo, ConsoleRing, StatusBlock, BOOT_INFO_MAGIC};
 
 /// The exit code of a payload that panicked (as Rust's test harness uses 101).
 pub const PANIC_EXIT_CODE: u32 = 101;
@@ -118,9 +118,7 @@ pub unsafe fn __start(boot_info: *const BootInfo) -> Context {
     // SAFETY: non-null and aligned (checked above); the caller guarantees the manager's boot
     // info page is mapped, readable for the instance's lifetime, and never written again.
     let info: &'static BootInfo = unsafe { &*boot_info };
-    if info.magic != BOOT_INFO_MAGIC
-        || info.version != PROTOCOL_VERSION
-        || (info.size as usize) < core::mem::size_of::<BootInfo>()
+    if info.magic != BOOT_INFO_MAGIC || info.version < 1 || info.size < bootproto::BOOT_INFO_V1_SIZE
     {
         // A different protocol: the status block may be elsewhere, so write nothing.
         park();

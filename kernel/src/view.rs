@@ -1,0 +1,219 @@
+//! What the manager prints about its plan and instances: the plan table, the instance table,
+//! one instance's status, and the run report's `plan`, `instances` and `frames` sections.
+
+use alloc::format;
+use alloc::string::{String, ToString};
+
+use platform::bundle::Restart;
+use platform::lifecycle::State;
+use platform::partition::{self, Owner};
+use platform::supervisor::{vector_name, Instance, Machine, Supervisor};
+
+use crate::println;
+use crate::report;
+
+/// Instances listed one per line in the periodic table; past this, a summary line.
+const TABLE_ROWS: usize = 32;
+
+fn cpus_text(cpus: &[u32]) -> String {
+    match cpus {
+        [] => "-".into(),
+        [one] => one.to_string(),
+        [first, .., last] => format!("{first}..{last}({})", cpus.len()),
+    }
+}
+
+pub fn print_table(instances: &[Instance]) {
+    println!(
+        "{:<12} {:>9} {:>12} {:>9} {:<8} {:>9} {:>8}",
+        "instance", "apic", "region", "size", "state", "heartbeat", "restarts"
+    );
+    for i in instances.iter().take(TABLE_ROWS) {
+        let (base, size) = i.region().map_or(("-".to_string(), "-".to_string()), |r| {
+            (format!("{:#x}", r.start), format!("{} KiB", r.len() >> 10))
+        });
+        println!(
+            "{:<12} {:>9} {:>12} {:>9} {:<8} {:>9} {:>8}",
+            i.name,
+            cpus_text(i.cpus()),
+            base,
+            size,
+            i.state.name(),
+            i.heartbeat,
+            i.restarts
+        );
+    }
+    if instances.len() > TABLE_ROWS {
+        let running = instances.iter().filter(|i| i.state == State::Running).count();
+        println!(
+            "... and {} more ({running} of all {} running; `list` shows every one)",
+            instances.len() - TABLE_ROWS,
+            instances.len()
+        );
+    }
+}
+
+pub fn print_status(i: &Instance) {
+    println!("instance '{}': {}", i.name, i.state);
+    if let Some(r) = &i.reason {
+        println!("  reason: {r}");
+    }
+    match i.region() {
+        Some(r) => println!(
+            "  APIC {}, region {:#x}..{:#x}, entry {:#x}",
+            cpus_text(i.cpus()),
+            r.start,
+            r.end,
+            i.entry
+        ),
+        None => println!("  no CPU or memory (refused at boot)"),
+    }
+    println!(
+        "  heartbeat {}, result {}, restarts {} ({} policy, max {}), heartbeat timeout {} ms",
+        i.heartbeat,
+        i.result,
+        i.restarts,
+        match i.spec.restart {
+            Restart::Never => "never",
+            Restart::OnFailure => "on-failure",
+        },
+        i.spec.max_restarts,
+        i.spec.heartbeat_timeout_ms
+    );
+    if let Some((_, delay)) = i.next_restart {
+        println!("  restart pending (back-off {delay} ms)");
+    }
+    if i.state == State::Exited {
+        println!("  exit code {}", i.exit_code);
+    }
+    if let Some(f) = i.fault {
+        println!(
+            "  fault: {} (vector {}) on APIC {}, error code {:#x}, RIP {:#x}, CR2 {:#x}, RSP {:#x}",
+            vector_name(f.vector),
+            f.vector,
+            f.apic_id,
+            f.error_code,
+            f.rip,
+            f.cr2,
+            f.rsp
+        );
+    }
+    println!(
+        "  console: {} bytes, {} lines, {} bytes dropped",
+        i.console.bytes, i.console.lines, i.console.dropped
+    );
+    let mut t = String::from("  transitions:");
+    for (us, s) in i.transitions.iter() {
+        t.push_str(&format!(" {}.{:03}s {s};", us / 1_000_000, (us / 1000) % 1000));
+    }
+    println!("{t}");
+}
+
+pub fn print_plan(plan: &partition::Plan) {
+    println!("{:<34} {:>18} {:>18} {:>12}", "plan: owner", "start", "end", "size");
+    // Hundreds of instance regions would bury the log: the first ones, then a count.
+    for (n, c) in plan.regions.iter().enumerate() {
+        if n == 3 * TABLE_ROWS {
+            println!(
+                "plan: ... {} more regions (all in the report's plan section)",
+                plan.regions.len() - n
+            );
+            break;
+        }
+        println!(
+            "{:<34} {:>#18x} {:>#18x} {:>8} KiB",
+            owner_text(&c.owner),
+            c.range.start,
+            c.range.end,
+            c.range.len() >> 10
+        );
+    }
+    for r in &plan.refused {
+        println!("plan: refused: {r}");
+    }
+    let mut items = report::Array::new();
+    for c in &plan.regions {
+        let mut l = report::Line::object();
+        l.str("owner", &owner_text(&c.owner)).num("base", c.range.start).num("size", c.range.len());
+        items.push(&l.finish());
+    }
+    report::Line::new("plan").raw("items", &items.finish()).emit();
+}
+
+fn owner_text(o: &Owner) -> String {
+    match o {
+        Owner::Manager(label) => format!("manager: {label}"),
+        Owner::StartPage => "AP start page".into(),
+        Owner::ParkPage => "AP parking page".into(),
+        Owner::CpuTable => "CPU table".into(),
+        Owner::PageTablePool => "page-table pool".into(),
+        Owner::Instance(n) => format!("instance: {n}"),
+        Owner::LowMemory(n) => format!("low memory: {n}"),
+    }
+}
+
+pub fn emit_report<M: Machine>(sup: &Supervisor<'_, M>) {
+    let mut items = report::Array::new();
+    for i in &sup.instances {
+        let mut l = report::Line::object();
+        l.str("name", &i.name)
+            .str("state", i.state.name())
+            .num("heartbeat", i.heartbeat)
+            .num("result", i.result)
+            .num("entry", i.entry)
+            .num("restarts", u64::from(i.restarts))
+            .num("console_bytes", i.console.bytes)
+            .num("console_lines", i.console.lines)
+            .num("console_dropped", i.console.dropped)
+            .bool("quarantined", i.quarantined);
+        if let Some(&a) = i.cpus().first() {
+            l.num("apic_id", u64::from(a));
+        }
+        l.raw("cpus", &report::numbers(i.cpus().iter().map(|&c| u64::from(c))));
+        if let Some(r) = i.region() {
+            l.num("region_base", r.start).num("region_size", r.len());
+        }
+        if let Some(c) = i.checkin_us {
+            l.num("checkin_us", c);
+        }
+        if let Some(r) = &i.reason {
+            l.str("reason", &format!("{r}"));
+        }
+        if i.state == State::Exited {
+            l.num("exit_code", u64::from(i.exit_code));
+        }
+        if let Some((_, delay)) = i.next_restart {
+            l.num("restart_backoff_ms", delay);
+        }
+        if let Some(f) = i.fault {
+            let mut fl = report::Line::object();
+            fl.num("vector", f.vector)
+                .str("name", vector_name(f.vector))
+                .num("error_code", f.error_code)
+                .num("rip", f.rip)
+                .num("cr2", f.cr2)
+                .num("rsp", f.rsp)
+                .num("apic_id", u64::from(f.apic_id));
+            l.raw("fault", &fl.finish());
+        }
+        let mut t = report::Array::new();
+        for (us, s) in i.transitions.iter() {
+            let mut tl = report::Line::object();
+            tl.num("t_us", *us).str("state", s.name());
+            t.push(&tl.finish());
+        }
+        l.raw("transitions", &t.finish());
+        l.num("transitions_dropped", i.transitions.dropped());
+        l.raw("stop_us", &report::numbers(i.stop_us.iter().copied()));
+        l.raw("start_us", &report::numbers(i.start_us.iter().copied()));
+        l.num("page_tables", i.loaded.as_ref().map_or(0, |l| l.tables.len() as u64));
+        items.push(&l.finish());
+    }
+    report::Line::new("instances").raw("items", &items.finish()).emit();
+    let manager = crate::memory::FRAMES.lock().as_ref().map_or(0, |f| f.free_frames());
+    report::Line::new("frames")
+        .num("manager_free", manager)
+        .num("page_table_pool_free", sup.pool_free_frames())
+        .num("heap_used", crate::heap::used_bytes() as u64)
+        .emit();
+}
