@@ -61,6 +61,7 @@ pub fn eoi() {
 }
 
 /// ICR fields (SDM Vol. 3A, "Interrupt Command Register (ICR)").
+const ICR_DELIVERY_MODE: u32 = 0b111 << 8;
 const ICR_INIT: u32 = 0b101 << 8;
 const ICR_STARTUP: u32 = 0b110 << 8;
 const ICR_DELIVERY_PENDING: u32 = 1 << 12;
@@ -75,6 +76,16 @@ const ICR_DELIVERY_TIMEOUT_US: u64 = 100_000;
 pub struct Lapic {
     pub base: ApicBase,
     mmio_virt: u64,
+    /// INITs and SIPIs sent, per APIC ID (for the run report: which CPUs were, and were not,
+    /// sent an IPI). One entry per CPU ever addressed.
+    pub sent: alloc::collections::BTreeMap<u32, IpiCount>,
+}
+
+/// How many INIT (asserts) and Start-up IPIs one APIC ID was sent.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IpiCount {
+    pub init: u32,
+    pub sipi: u32,
 }
 
 /// Switches the BSP's local APIC from xAPIC to x2APIC mode when the CPU supports it (SDM Vol.
@@ -100,7 +111,11 @@ impl Lapic {
         // SAFETY: IA32_APIC_BASE exists on every x86_64 CPU; reading it has no side effects.
         let raw = unsafe { Msr::new(IA32_APIC_BASE_MSR).read() };
         let base = ApicBase::from_msr(raw);
-        let lapic = Lapic { base, mmio_virt: phys_offset + base.base };
+        let lapic = Lapic {
+            base,
+            mmio_virt: phys_offset + base.base,
+            sent: alloc::collections::BTreeMap::new(),
+        };
         let eoi = match base.mode {
             ApicMode::X2Apic => 0,
             _ => lapic.mmio_virt + XAPIC_EOI,
@@ -201,6 +216,13 @@ impl Lapic {
         }
         // At debug level: a 300-CPU start is 1200 IPIs.
         log::debug!("ipi: {what} -> APIC {apic_id}");
+        let count = self.sent.entry(apic_id).or_default();
+        let mode = low & ICR_DELIVERY_MODE;
+        if mode == ICR_STARTUP {
+            count.sipi = count.sipi.saturating_add(1);
+        } else if mode == ICR_INIT && low & ICR_LEVEL_ASSERT != 0 {
+            count.init = count.init.saturating_add(1);
+        }
         match self.base.mode {
             ApicMode::X2Apic => {
                 let value = ((apic_id as u64) << 32) | low as u64;

@@ -7,7 +7,7 @@ use alloc::string::{String, ToString};
 use platform::bundle::Restart;
 use platform::lifecycle::State;
 use platform::partition::{self, Owner};
-use platform::supervisor::{vector_name, Instance, Machine, Supervisor};
+use platform::supervisor::{vector_name, Instance, Supervisor};
 
 use crate::println;
 use crate::report;
@@ -152,7 +152,7 @@ fn owner_text(o: &Owner) -> String {
     }
 }
 
-pub fn emit_report<M: Machine>(sup: &Supervisor<'_, M>) {
+pub fn emit_report(sup: &Supervisor<'_, crate::machine::Bsp>) {
     let mut items = report::Array::new();
     for i in &sup.instances {
         let mut l = report::Line::object();
@@ -210,6 +210,15 @@ pub fn emit_report<M: Machine>(sup: &Supervisor<'_, M>) {
         items.push(&l.finish());
     }
     report::Line::new("instances").raw("items", &items.finish()).emit();
+    let mut ipis = report::Array::new();
+    for (apic_id, c) in &sup.m.lapic.sent {
+        let mut l = report::Line::object();
+        l.num("apic_id", u64::from(*apic_id))
+            .num("init", u64::from(c.init))
+            .num("sipi", u64::from(c.sipi));
+        ipis.push(&l.finish());
+    }
+    report::Line::new("ipis").raw("items", &ipis.finish()).emit();
     let manager = crate::memory::FRAMES.lock().as_ref().map_or(0, |f| f.free_frames());
     report::Line::new("frames")
         .num("manager_free", manager)
