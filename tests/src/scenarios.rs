@@ -90,12 +90,10 @@ const fn inst(
     }
 }
 
-/// The default run: two different Rust kernels and a C kernel on APs 1-3.
-pub const DEFAULT_INSTANCES: &[InstanceSpec] = &[
-    inst("hello", "hello", None, "ticks=5 greeting=side-by-side"),
-    inst("compute", "compute", None, "primes=100000"),
-    inst("hello-c", "hello-c", None, ""),
-];
+/// The default run: the manifest `cargo xtask run-qemu` boots (two Rust kernels and a C
+/// kernel), relative to the workspace root. Scenarios that boot it take it from the file, so
+/// what they test is what a user runs.
+pub const DEFAULT_MANIFEST: &str = "manifests/default.toml";
 
 /// Seven instances for -smp 8.
 pub const SEVEN_INSTANCES: &[InstanceSpec] = &[
@@ -163,6 +161,38 @@ pub const REFUSED_IMAGE_INSTANCES: &[InstanceSpec] = &[
     inst("badarch", "fault", Some(3), "exit=0"),
 ];
 
+/// Kernels that lie in each shared field, next to one that must not notice (-smp 8).
+pub const HOSTILE_FIELD_INSTANCES: &[InstanceSpec] = &[
+    inst("hello", "hello", Some(1), "ticks=20"),
+    inst("state", "hostile-c", Some(2), "state=77"),
+    inst("vector", "hostile-c", Some(3), "fault-vector=9999"),
+    InstanceSpec {
+        restart_on_failure: Some(2),
+        ..inst("dropped", "hostile-c", Some(4), "dropped=max")
+    },
+    inst("head", "hostile-c", Some(5), "head=3735928559"),
+    inst("capacity", "hostile-c", Some(6), "capacity=12"),
+];
+
+/// A restart storm, a CPU spinning with interrupts off, and one that halts silently behind its
+/// own IDT, next to a well-behaved kernel (-smp 5).
+pub const HOSTILE_CPU_INSTANCES: &[InstanceSpec] = &[
+    inst("hello", "hello", Some(1), "ticks=20"),
+    InstanceSpec { restart_on_failure: Some(8), ..inst("storm", "hostile-c", Some(2), "exit=1") },
+    InstanceSpec {
+        restart_on_failure: Some(1),
+        heartbeat_timeout_ms: 300,
+        ..inst("spin", "hostile-c", Some(3), "cli-spin")
+    },
+    InstanceSpec { heartbeat_timeout_ms: 300, ..inst("idt", "hostile-c", Some(4), "idt-fault") },
+];
+
+/// A kernel that triple-faults its CPU: without a hypervisor that resets the whole machine.
+pub const TRIPLE_FAULT_INSTANCES: &[InstanceSpec] = &[
+    inst("hello", "hello", Some(1), "ticks=3"),
+    inst("wrecker", "hostile-c", Some(2), "triple-fault"),
+];
+
 /// A kernel that prints far faster than its console ring drains, next to a quiet one.
 pub const FLOOD_INSTANCES: &[InstanceSpec] =
     &[inst("spam", "fault", Some(1), "flood=20000"), inst("hello", "hello", Some(2), "ticks=5")];
@@ -190,6 +220,9 @@ pub struct Scenario {
     /// A manifest (TOML) to boot instead of `instances`; `{spin}` stands for the path of the
     /// freestanding test kernel built from tests/images/spin.c.
     pub manifest: Option<&'static str>,
+    /// A manifest file of the repository to boot instead (path from the workspace root); its
+    /// settings hold, except `run_ms`, which the scenario sets.
+    pub manifest_file: Option<&'static str>,
     /// Returns what is wrong, or `Ok` when the run shows the behaviour.
     pub check: fn(&Outcome) -> Result<(), String>,
 }
@@ -214,6 +247,7 @@ const fn scenario(
         run_ms: 3000,
         input: Vec::new(),
         manifest: None,
+        manifest_file: None,
         tamper: &[],
         screendump_after: None,
         check,
@@ -223,14 +257,14 @@ const fn scenario(
 pub fn all() -> Vec<Scenario> {
     use Firmware::{Bios, Uefi};
     let mut v = vec![
-        scenario("default-three-kernels-bios", Bios, DEFAULT_INSTANCES, 4, |o| {
+        default_run(scenario("default-three-kernels-bios", Bios, &[], 4, |o| {
             check_banner(o, "BIOS")?;
             check_default_run(o, 4)
-        }),
-        scenario("default-three-kernels-uefi", Uefi, DEFAULT_INSTANCES, 4, |o| {
+        })),
+        default_run(scenario("default-three-kernels-uefi", Uefi, &[], 4, |o| {
             check_banner(o, "UEFI")?;
             check_default_run(o, 4)
-        }),
+        })),
         scenario("seven-instances-smp8-bios", Bios, SEVEN_INSTANCES, 8, check_seven),
         scenario("seven-instances-smp8-uefi", Uefi, SEVEN_INSTANCES, 8, check_seven),
         scenario("missing-cpu-refused-bios", Bios, MISSING_CPU_INSTANCES, 4, check_missing_cpu),
@@ -239,7 +273,7 @@ pub fn all() -> Vec<Scenario> {
         scenario("fault-contained-uefi", Uefi, FAULT_INSTANCES, 4, check_fault),
     ];
     for (name, fw) in [("x2apic-default-run-bios", Bios), ("x2apic-default-run-uefi", Uefi)] {
-        let mut s = scenario(name, fw, DEFAULT_INSTANCES, 4, check_x2apic);
+        let mut s = default_run(scenario(name, fw, &[], 4, check_x2apic));
         s.cpu = Some("qemu64,+x2apic");
         // TCG models x2APIC from QEMU 9 on (shared/TOOLCHAIN.md: 7.2 has none).
         s.needs_qemu = Some((9, 0));
@@ -261,11 +295,28 @@ pub fn all() -> Vec<Scenario> {
         s.tamper = &[("compute", Tamper::BreakChecksum), ("fault", Tamper::WrongMachine)];
         v.push(s);
     }
+    for (name, fw) in [("hostile-shared-fields-bios", Bios), ("hostile-shared-fields-uefi", Uefi)] {
+        let mut s = scenario(name, fw, HOSTILE_FIELD_INSTANCES, 8, check_hostile_fields);
+        // hello needs 4 s for its 20 ticks.
+        s.run_ms = 5000;
+        v.push(s);
+    }
+    for (name, fw) in [("hostile-cpus-bios", Bios), ("hostile-cpus-uefi", Uefi)] {
+        let mut s = scenario(name, fw, HOSTILE_CPU_INSTANCES, 5, check_hostile_cpus);
+        s.run_ms = 6000;
+        v.push(s);
+    }
+    for (name, fw) in [
+        ("triple-fault-resets-the-machine-bios", Bios),
+        ("triple-fault-resets-the-machine-uefi", Uefi),
+    ] {
+        v.push(scenario(name, fw, TRIPLE_FAULT_INSTANCES, 4, check_triple_fault));
+    }
     for (name, fw) in [("console-flood-bios", Bios), ("console-flood-uefi", Uefi)] {
         v.push(scenario(name, fw, FLOOD_INSTANCES, 4, check_flood));
     }
     for (name, fw) in [("shell-stop-start-bios", Bios), ("shell-stop-start-uefi", Uefi)] {
-        let mut s = scenario(name, fw, DEFAULT_INSTANCES, 4, check_shell);
+        let mut s = default_run(scenario(name, fw, &[], 4, check_shell));
         s.run_ms = 0;
         // Wait for hello's greeting before stopping it, and for its second greeting before
         // looking at its log, so the console lines the check counts are all there.
@@ -288,7 +339,7 @@ pub fn all() -> Vec<Scenario> {
         v.push(s);
     }
     for (name, fw) in [("twenty-restarts-bios", Bios), ("twenty-restarts-uefi", Uefi)] {
-        let mut s = scenario(name, fw, DEFAULT_INSTANCES, 4, check_twenty_restarts);
+        let mut s = default_run(scenario(name, fw, &[], 4, check_twenty_restarts));
         s.run_ms = 0;
         let mut cmds = vec!["list"];
         cmds.extend(std::iter::repeat_n("restart hello", 20));
@@ -326,6 +377,12 @@ pub fn all() -> Vec<Scenario> {
         v.push(s);
     }
     v
+}
+
+/// The scenario boots the default manifest.
+fn default_run(mut s: Scenario) -> Scenario {
+    s.manifest_file = Some(DEFAULT_MANIFEST);
+    s
 }
 
 /// Types each command after the next shell prompt.
@@ -666,6 +723,126 @@ fn check_refused_images(o: &Outcome) -> Result<(), String> {
         })?;
     }
     expect(ipis_to(o, 1)?.1 > 0, || "the good instance was not started".into())
+}
+
+/// The well-behaved neighbour printed every one of its `ticks` ticks in order, lost no console
+/// byte, is running and kept heartbeating (at least `min_heartbeat`).
+fn check_neighbour(
+    o: &Outcome,
+    list: &[Value],
+    ticks: u32,
+    min_heartbeat: u64,
+) -> Result<(), String> {
+    check_running(list, "hello")?;
+    let got: Vec<u32> = console(o, "hello")
+        .iter()
+        .filter_map(|l| l.strip_prefix("hello: tick ").and_then(|n| n.trim().parse().ok()))
+        .collect();
+    expect(got == (1..=ticks).collect::<Vec<_>>(), || format!("hello's ticks: {got:?}"))?;
+    let hello = instance(list, "hello")?;
+    expect(hello["console_dropped"] == 0, || "hello lost console bytes".into())?;
+    let hb = hello["heartbeat"].as_u64().unwrap_or(0);
+    expect(hb >= min_heartbeat, || format!("hello heartbeat only {hb}"))
+}
+
+/// The manager reached its own verdict (no panic, reset or timeout) and failed the run.
+fn check_manager_survived(o: &Outcome) -> Result<(), String> {
+    expect(!o.verdict.pass, || "a run with misbehaving instances must not pass".into())?;
+    expect(matches!(o.ending, crate::verdict::Ending::Exited(35)), || {
+        format!("the manager did not reach its verdict: {:?}, {}", o.ending, o.verdict.reason)
+    })?;
+    expect(!o.serial.contains("PANIC"), || "the manager panicked".into())
+}
+
+fn reason_of<'a>(list: &'a [Value], name: &str) -> Result<(&'a Value, &'a str), String> {
+    let i = instance(list, name)?;
+    Ok((i, i["reason"].as_str().unwrap_or("")))
+}
+
+fn check_hostile_fields(o: &Outcome) -> Result<(), String> {
+    check_manager_survived(o)?;
+    let list = instances(o)?;
+    for (name, want) in [
+        ("state", "status block field `state` holds 77, which is not a state (0-3)"),
+        (
+            "vector",
+            "status block field `fault_vector` holds 9999, which is not an exception vector",
+        ),
+        ("head", "console ring indices are corrupt: head 0xdeadbeef"),
+        ("capacity", "console ring header says capacity 12, the manager configured 8192"),
+    ] {
+        let (i, why) = reason_of(&list, name)?;
+        expect(
+            i["state"] == "failed" && why.contains(want) && why.ends_with("its CPUs were stopped"),
+            || format!("{name}: {} ({why})", i["state"]),
+        )?;
+        // Its CPU was stopped: INIT, then parked (one INIT from the start, one from the stop).
+        let apic = i["apic_id"].as_u64().unwrap_or(0);
+        let (init, _) = ipis_to(o, apic)?;
+        expect(init == 2, || format!("{name}: APIC {apic} got {init} INITs, expected 2"))?;
+    }
+    let (dropped, why) = reason_of(&list, "dropped")?;
+    expect(
+        dropped["state"] == "exited"
+            && dropped["restarts"] == 2
+            && why.starts_with("exit code 1 (exited again after 2 restarts"),
+        || format!("dropped: {} after {} restarts ({why})", dropped["state"], dropped["restarts"]),
+    )?;
+    expect(dropped["console_dropped"] == u64::MAX, || {
+        format!("dropped: the counter should saturate, it is {}", dropped["console_dropped"])
+    })?;
+    check_neighbour(o, &list, 20, 200)
+}
+
+fn check_hostile_cpus(o: &Outcome) -> Result<(), String> {
+    check_manager_survived(o)?;
+    let list = instances(o)?;
+    let (storm, why) = reason_of(&list, "storm")?;
+    expect(
+        storm["state"] == "exited"
+            && storm["restarts"] == 8
+            && why.starts_with("exit code 1 (exited again after 8 restarts"),
+        || format!("storm: {} after {} restarts ({why})", storm["state"], storm["restarts"]),
+    )?;
+    // The back-off doubled between restarts.
+    let backoffs: Vec<u64> = o
+        .serial
+        .lines()
+        .filter(|l| l.contains("instance 'storm': exited; restarting in"))
+        .filter_map(|l| l.split("restarting in ").nth(1)?.split(' ').next()?.parse().ok())
+        .collect();
+    expect(backoffs == [0, 25, 50, 100, 200, 400, 800, 1000], || {
+        format!("storm back-offs: {backoffs:?}")
+    })?;
+    // A CPU spinning with interrupts off is still stopped by INIT (and restarted once).
+    let (spin, why) = reason_of(&list, "spin")?;
+    expect(
+        spin["state"] == "hung"
+            && spin["restarts"] == 1
+            && why.starts_with("no heartbeat for 300 ms"),
+        || format!("spin: {} after {} restarts ({why})", spin["state"], spin["restarts"]),
+    )?;
+    expect(o.serial.contains("instance 'spin': hung -> stopped (INIT sent to APIC 3)"), || {
+        "the spinning CPU was not stopped".into()
+    })?;
+    let (idt, why) = reason_of(&list, "idt")?;
+    expect(idt["state"] == "hung" && why == "no heartbeat for 300 ms", || {
+        format!("idt: {} ({why})", idt["state"])
+    })?;
+    check_neighbour(o, &list, 20, 200)
+}
+
+fn check_triple_fault(o: &Outcome) -> Result<(), String> {
+    expect(matches!(o.ending, crate::verdict::Ending::Exited(0)), || {
+        format!(
+            "a triple fault in an instance resets the machine (the documented limit); got {:?}",
+            o.ending
+        )
+    })?;
+    expect(o.verdict.reason.starts_with("the machine reset"), || o.verdict.reason.clone())?;
+    expect(o.serial.contains("[wrecker] hostile: about to load an empty IDT and fault"), || {
+        "the instance never got to its triple fault".into()
+    })
 }
 
 fn check_flood(o: &Outcome) -> Result<(), String> {

@@ -436,7 +436,11 @@ fn cmd_test(filter: Option<&str>, no_host: bool, no_lint: bool) -> anyhow::Resul
             e.insert(build::build_kernel(s.kernel)?);
         }
         let dir = run_dir(s.name)?;
-        let ramdisk = if let Some(template) = s.manifest {
+        let ramdisk = if let Some(file) = s.manifest_file {
+            let mut bundle = manifest_bundle(&build::root().join(file))?;
+            bundle.settings.run_ms = s.run_ms;
+            Some(bundle::save(&bundle, &dir.join("bundle.bin"))?)
+        } else if let Some(template) = s.manifest {
             let spin = payloads::build_foreign_image(&build::root(), &build::target_dir())?;
             let path = dir.join("manifest.toml");
             std::fs::write(&path, template.replace("{spin}", &spin.display().to_string()))?;

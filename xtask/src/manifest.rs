@@ -1381,12 +1381,9 @@ max_restarts = 7
     #[test]
     fn the_committed_manifests_are_valid() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        // What the default run starts is checked by the QEMU scenarios that boot this very
+        // file; here, that it and the example load without an error.
         let default = load(&root.join("manifests/default.toml")).expect("default manifest");
-        let names: Vec<_> = default.instances.iter().map(|i| i.name.as_str()).collect();
-        assert_eq!(names, ["hello", "compute", "hello-c"]);
-        assert!(default.instances.iter().all(|i| i.cpu.is_none() && i.memory == 8 << 20));
-        assert_eq!(default.instances[0].args, "ticks=5 greeting=side-by-side");
-        assert_eq!(default.instances[1].args, "primes=100000");
         assert_eq!(default.settings, Settings::default());
         load(&root.join("multikernel.example.toml")).expect("example manifest");
     }

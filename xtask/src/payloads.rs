@@ -56,12 +56,13 @@ pub struct Payload {
 const RUST_PAYLOADS: &[(&str, &str)] =
     &[("hello", "payload-hello"), ("compute", "payload-compute"), ("fault", "payload-fault")];
 
-/// The C payload's short name and its source, relative to the workspace root.
-const C_PAYLOAD: (&str, &str) = ("hello-c", "payloads/hello-c/hello.c");
+/// The C payloads: (short name, source relative to the workspace root).
+const C_PAYLOADS: &[(&str, &str)] =
+    &[("hello-c", "payloads/hello-c/hello.c"), ("hostile-c", "payloads/hostile-c/hostile.c")];
 
 /// The names of the payloads [`build_all`] builds, as a manifest's `payload =` names them.
 pub fn names() -> impl Iterator<Item = &'static str> {
-    RUST_PAYLOADS.iter().map(|(name, _)| *name).chain([C_PAYLOAD.0])
+    RUST_PAYLOADS.iter().chain(C_PAYLOADS).map(|(name, _)| *name)
 }
 
 /// Compiler and linker flags for a C payload: freestanding, no SSE (like the Rust target), no
@@ -98,13 +99,15 @@ const C_FLAGS: &[&str] = &[
     "-Wl,--build-id=none",
 ];
 
-/// Builds every payload; returns them in a fixed order: hello, compute, fault, hello-c.
+/// Builds every payload; returns them in a fixed order: the Rust ones, then the C ones.
 pub fn build_all(root: &Path, target_dir: &Path) -> anyhow::Result<Vec<Payload>> {
     let out_dir = target_dir.join("payloads");
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("creating the payload directory {}", out_dir.display()))?;
     let mut payloads = build_rust(root, target_dir, &out_dir)?;
-    payloads.push(build_c(root, &out_dir)?);
+    for &(name, source) in C_PAYLOADS {
+        payloads.push(build_c(root, &out_dir, name, source)?);
+    }
     for p in &payloads {
         check_static_pie(&p.path)?;
     }
@@ -138,8 +141,12 @@ fn build_rust(root: &Path, target_dir: &Path, out_dir: &Path) -> anyhow::Result<
         .collect()
 }
 
-fn build_c(root: &Path, out_dir: &Path) -> anyhow::Result<Payload> {
-    let (name, source) = C_PAYLOAD;
+fn build_c(
+    root: &Path,
+    out_dir: &Path,
+    name: &'static str,
+    source: &str,
+) -> anyhow::Result<Payload> {
     let cc = std::env::var("CC").unwrap_or_else(|_| "gcc".to_string());
     let path = out_dir.join(format!("{name}.elf"));
     let include = root.join("bootproto").join("include");
