@@ -41,7 +41,12 @@
 use core::mem::{offset_of, size_of};
 use core::sync::atomic::{AtomicU32, AtomicU64};
 
+pub mod le;
+pub mod report;
 pub mod ring;
+
+/// The one page size everything here is built on: 4 KiB (SDM Vol. 3A, "4-Level Paging").
+pub const PAGE_SIZE: u64 = 4096;
 
 /// "MKBOOTIN", little-endian.
 pub const BOOT_INFO_MAGIC: u64 = u64::from_le_bytes(*b"MKBOOTIN");
@@ -243,7 +248,7 @@ pub mod info_page {
 /// | load area ... | stacks (cpu n-1 .. 0) | slots (cpu 0 .. n-1) | console | status | boot info |
 /// ```
 pub mod layout {
-    pub const PAGE: u64 = 4096;
+    pub const PAGE: u64 = super::PAGE_SIZE;
     pub const BOOT_INFO_PAGES: u64 = 1;
     pub const STATUS_PAGES: u64 = 1;
     pub const CONSOLE_PAGES: u64 = 4;

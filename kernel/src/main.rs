@@ -105,7 +105,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     let frames_free = memory::FRAMES.lock().as_ref().map_or(0, |f| f.free_frames());
     log::info!("frames: {frames_free} free 4 KiB frames above 1 MiB");
 
-    report::Line::new("boot")
+    report::Line::new(bootproto::report::section::BOOT)
         .str("firmware", &report::fmt_string(format_args!("{firmware}")))
         .num("usable_bytes", summary.usable_bytes)
         .num("reserved_bytes", summary.reserved_bytes)
@@ -149,7 +149,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         speed.copy_mb_s[2],
         timer_hz / 1000
     );
-    report::Line::new("memspeed")
+    report::Line::new(bootproto::report::section::MEMSPEED)
         .str("fill", speed.fill.map_or("none", memspeed::Method::name))
         .str("copy", speed.copy.map_or("none", memspeed::Method::name))
         .raw("fill_mb_s", &report::numbers(speed.fill_mb_s.iter().copied()))
@@ -193,7 +193,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     let (heap_start, heap_end) = heap::arena_virt();
     protect("heap", heap_start, heap_end - heap_start);
     protect("stack", boot_info.kernel_stack_bottom, boot_info.kernel_stack_len);
-    protect("boot info", core::ptr::addr_of!(*boot_info) as u64, 4096);
+    protect("boot info", core::ptr::addr_of!(*boot_info) as u64, bootproto::PAGE_SIZE);
     if let Some(r) = ramdisk {
         protect("ramdisk", r, boot_info.ramdisk_len);
     }
@@ -320,7 +320,7 @@ fn discover_cpus(
         lapic.base.base,
         if facts.x2apic { "" } else { "not " }
     );
-    report::Line::new("apic")
+    report::Line::new(bootproto::report::section::APIC)
         .str("mode", &report::fmt_string(format_args!("{:?}", lapic.base.mode)))
         .num("base", lapic.base.base)
         .bool("x2apic_supported", facts.x2apic)
@@ -389,7 +389,7 @@ fn discover_cpus(
         inv.io_apics.len(),
         inv.local_apic_address
     );
-    report::Line::new("cpus").raw("items", &items).emit();
+    report::Line::new(bootproto::report::section::CPUS).raw("items", &items).emit();
     Some(inv)
 }
 

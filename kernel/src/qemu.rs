@@ -7,13 +7,13 @@
 
 /// `-device isa-debug-exit,iobase=0xf4,iosize=0x04` (QEMU docs, "isa-debug-exit").
 #[cfg(feature = "qemu-exit")]
-const ISA_DEBUG_EXIT_PORT: u16 = 0xf4;
+const ISA_DEBUG_EXIT_PORT: u16 = bootproto::report::DEBUG_EXIT_PORT;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Verdict {
-    Pass = 0x10,
-    Fail = 0x11,
+    Pass = bootproto::report::DEBUG_EXIT_PASS,
+    Fail = bootproto::report::DEBUG_EXIT_FAIL,
 }
 
 /// Ends the run: exits QEMU with the verdict where that is possible, otherwise halts forever.

@@ -7,8 +7,8 @@
 
 use core::fmt::{self, Write};
 
-/// Prefix the host looks for; keep in sync with `qemu_tests::report::REPORT_PREFIX`.
-pub const REPORT_PREFIX: &str = "REPORT ";
+/// Prefix the host looks for (one source with the host: `bootproto::report`).
+pub use bootproto::report::PREFIX as REPORT_PREFIX;
 
 /// Builds one JSON object and prints it as a single report line.
 pub struct Line {

@@ -137,7 +137,7 @@ pub fn print_plan(plan: &partition::Plan) {
         l.str("owner", &owner_text(&c.owner)).num("base", c.range.start).num("size", c.range.len());
         items.push(&l.finish());
     }
-    report::Line::new("plan").raw("items", &items.finish()).emit();
+    report::Line::new(bootproto::report::section::PLAN).raw("items", &items.finish()).emit();
 }
 
 fn owner_text(o: &Owner) -> String {
@@ -209,7 +209,7 @@ pub fn emit_report(sup: &Supervisor<'_, crate::machine::Bsp>) {
         l.num("page_tables", i.loaded.as_ref().map_or(0, |l| l.tables.len() as u64));
         items.push(&l.finish());
     }
-    report::Line::new("instances").raw("items", &items.finish()).emit();
+    report::Line::new(bootproto::report::section::INSTANCES).raw("items", &items.finish()).emit();
     let mut ipis = report::Array::new();
     for (apic_id, c) in &sup.m.lapic.sent {
         let mut l = report::Line::object();
@@ -218,9 +218,9 @@ pub fn emit_report(sup: &Supervisor<'_, crate::machine::Bsp>) {
             .num("sipi", u64::from(c.sipi));
         ipis.push(&l.finish());
     }
-    report::Line::new("ipis").raw("items", &ipis.finish()).emit();
+    report::Line::new(bootproto::report::section::IPIS).raw("items", &ipis.finish()).emit();
     let manager = crate::memory::FRAMES.lock().as_ref().map_or(0, |f| f.free_frames());
-    report::Line::new("frames")
+    report::Line::new(bootproto::report::section::FRAMES)
         .num("manager_free", manager)
         .num("page_table_pool_free", sup.pool_free_frames())
         .num("heap_used", crate::heap::used_bytes() as u64)

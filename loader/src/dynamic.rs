@@ -19,16 +19,7 @@ use scroll::Pread;
 
 use crate::error::LoadError;
 
-/// `DT_RELRSZ`, `DT_RELR`: ELF gABI, "Dynamic Section" (packed relative relocations, added to the
-/// gABI in 2022; goblin 0.10 does not name them).
-pub(crate) const DT_RELRSZ: u64 = 35;
-pub(crate) const DT_RELR: u64 = 36;
-
-/// Size of `Elf64_Dyn`. ELF gABI, "Dynamic Section".
-const SIZEOF_DYN: u64 = 16;
-
-/// Size of `Elf64_Rela`. ELF gABI, "Relocation"; also `DT_RELAENT` of every x86-64 image.
-pub(crate) const SIZEOF_RELA: u64 = 24;
+use crate::gabi::{DT_RELR, DT_RELRSZ, SIZEOF_DYN, SIZEOF_RELA};
 
 /// A relocation table, by link-time virtual address and size in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -268,8 +268,8 @@ fn dt_name(tag: u64) -> &'static str {
         DT_RELSZ => "DT_RELSZ",
         DT_PLTREL => "DT_PLTREL",
         DT_JMPREL => "DT_JMPREL",
-        crate::dynamic::DT_RELRSZ => "DT_RELRSZ",
-        crate::dynamic::DT_RELR => "DT_RELR",
+        crate::gabi::DT_RELRSZ => "DT_RELRSZ",
+        crate::gabi::DT_RELR => "DT_RELR",
         _ => "unknown tag",
     }
 }
@@ -279,7 +279,7 @@ fn dt_advice(tag: u64) -> &'static str {
     match tag {
         DT_NEEDED => "the image needs a shared library; link it statically",
         DT_REL | DT_RELSZ => "x86-64 images use RELA relocations; relink with a standard linker",
-        crate::dynamic::DT_RELR | crate::dynamic::DT_RELRSZ => {
+        crate::gabi::DT_RELR | crate::gabi::DT_RELRSZ => {
             "relink without -z pack-relative-relocs"
         }
         DT_PLTREL => "PLT relocations must be RELA (7)",

@@ -49,12 +49,14 @@ extern crate alloc;
 mod apply;
 mod dynamic;
 mod error;
+mod gabi;
 mod plan;
 mod region;
 
 pub use apply::{apply, apply_to_zeroed, PhysMemory};
 pub use error::{ApplyError, LoadError, MemoryError};
 pub use plan::{
-    plan, Entry, Flags, ImageKind, LoadPlan, Mapping, Relocation, Segment, MAX_PROGRAM_HEADERS,
+    identify, plan, Entry, Flags, ImageKind, LoadPlan, Mapping, Relocation, Segment,
+    MAX_PROGRAM_HEADERS,
 };
 pub use region::{parse_number, ParseNumberError, ParseRegionError, Region, PAGE_SIZE};

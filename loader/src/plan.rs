@@ -45,7 +45,8 @@ use goblin::elf64::program_header::{ProgramHeader, SIZEOF_PHDR};
 use goblin::elf64::reloc::Rela;
 use scroll::Pread;
 
-use crate::dynamic::{rela_tables, RelaTable, SIZEOF_RELA};
+use crate::dynamic::{rela_tables, RelaTable};
+use crate::gabi::SIZEOF_RELA;
 use crate::error::LoadError;
 use crate::region::{Region, PAGE_SIZE};
 
@@ -248,12 +249,7 @@ pub fn plan(image: &[u8], region: Region) -> Result<LoadPlan, LoadError> {
     }
     let file_len = image.len() as u64;
     let header = read_header(image)?;
-    let kind = match header.e_type {
-        ET_EXEC => ImageKind::Executable,
-        ET_DYN => ImageKind::PositionIndependent,
-        ET_REL => return Err(LoadError::RelocatableObject),
-        e_type => return Err(LoadError::WrongType { e_type }),
-    };
+    let kind = image_kind(&header)?;
     let headers = read_program_headers(image, &header)?;
 
     let mut segments = Vec::new();
@@ -315,6 +311,22 @@ pub fn plan(image: &[u8], region: Region) -> Result<LoadPlan, LoadError> {
 struct DynamicRange {
     offset: u64,
     size: u64,
+}
+
+/// What kind of ELF image `image` is, from its header alone (the first checks of [`plan`]):
+/// for tools that need to know before a region is chosen, e.g. whether a kernel is linked at
+/// fixed addresses.
+pub fn identify(image: &[u8]) -> Result<ImageKind, LoadError> {
+    image_kind(&read_header(image)?)
+}
+
+fn image_kind(header: &Header) -> Result<ImageKind, LoadError> {
+    match header.e_type {
+        ET_EXEC => Ok(ImageKind::Executable),
+        ET_DYN => Ok(ImageKind::PositionIndependent),
+        ET_REL => Err(LoadError::RelocatableObject),
+        e_type => Err(LoadError::WrongType { e_type }),
+    }
 }
 
 fn read_header(image: &[u8]) -> Result<Header, LoadError> {

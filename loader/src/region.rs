@@ -17,9 +17,9 @@
 use core::fmt;
 use core::str::FromStr;
 
-/// Granule of the instance's page tables and of the region's alignment.
-/// SDM Vol. 3A, "Paging Modes and Control Bits" (4-KByte pages).
-pub const PAGE_SIZE: u64 = 4096;
+/// Granule of the instance's page tables and of the region's alignment (the project's one
+/// page size, `bootproto::PAGE_SIZE`: SDM Vol. 3A, "Paging Modes and Control Bits").
+pub const PAGE_SIZE: u64 = bootproto::PAGE_SIZE;
 
 /// A physical address range `[base, base + size)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -257,16 +257,13 @@ impl Parsed {
     }
 }
 
+/// Fields the bounds checks in [`parse`] already proved to be inside `b` (0 otherwise).
 fn u32_at(b: &[u8], off: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[off..off + 4]);
-    u32::from_le_bytes(a)
+    bootproto::le::u32_at(b, off).unwrap_or(0)
 }
 
 fn u64_at(b: &[u8], off: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[off..off + 8]);
-    u64::from_le_bytes(a)
+    bootproto::le::u64_at(b, off).unwrap_or(0)
 }
 
 fn str_field(b: &[u8], what: &'static str, index: usize) -> Result<String, BundleError> {

@@ -9,6 +9,7 @@
 
 extern crate alloc;
 
+pub mod acpi;
 pub mod apic;
 pub mod apstart;
 pub mod bundle;

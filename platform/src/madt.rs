@@ -39,6 +39,7 @@
 //! - At most one CPU has `bsp == true`, and only after a successful [`Inventory::mark_bsp`].
 
 use alloc::vec::Vec;
+use bootproto::le::{u16_at as read_u16, u32_at as read_u32, u64_at as read_u64};
 use core::fmt;
 
 // ACPI 6.5, "System Description Table Header": 36 bytes, signature at 0, length at 4,
@@ -494,21 +495,6 @@ fn read_u8(b: &[u8], at: usize) -> Option<u8> {
     b.get(at).copied()
 }
 
-fn read_u16(b: &[u8], at: usize) -> Option<u16> {
-    let s = b.get(at..at.checked_add(2)?)?;
-    Some(u16::from_le_bytes(s.try_into().ok()?))
-}
-
-fn read_u32(b: &[u8], at: usize) -> Option<u32> {
-    let s = b.get(at..at.checked_add(4)?)?;
-    Some(u32::from_le_bytes(s.try_into().ok()?))
-}
-
-fn read_u64(b: &[u8], at: usize) -> Option<u64> {
-    let s = b.get(at..at.checked_add(8)?)?;
-    Some(u64::from_le_bytes(s.try_into().ok()?))
-}
-
 /// Checks the table header and returns the table cut to the header's length field.
 /// Trailing bytes past that length are ignored (they are not part of the table).
 pub fn validate_header(bytes: &[u8]) -> Result<&[u8], MadtError> {
@@ -525,7 +511,7 @@ pub fn validate_header(bytes: &[u8]) -> Result<&[u8], MadtError> {
     }
     let table =
         bytes.get(..header).ok_or(MadtError::LengthMismatch { header, actual: bytes.len() })?;
-    let sum = table.iter().fold(0u8, |acc, &b| acc.wrapping_add(b));
+    let sum = crate::acpi::checksum(table);
     if sum != 0 {
         return Err(MadtError::BadChecksum { sum });
     }

@@ -17,7 +17,7 @@
 use core::fmt;
 
 /// 4 KiB, the x86_64 base page size (SDM Vol. 3A, "Paging", 4-Level Paging).
-pub const PAGE_SIZE: u64 = 4096;
+pub const PAGE_SIZE: u64 = bootproto::PAGE_SIZE;
 
 /// What a physical region is used for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

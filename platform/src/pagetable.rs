@@ -21,7 +21,7 @@
 
 use core::fmt;
 
-pub const PAGE_4K: u64 = 0x1000;
+pub const PAGE_4K: u64 = bootproto::PAGE_SIZE;
 pub const PAGE_2M: u64 = 0x20_0000;
 
 /// Entry bits (SDM Vol. 3A, "Paging-Structure Entries").

@@ -6,11 +6,18 @@ use std::path::PathBuf;
 use platform::bundle::{self, Bundle, File, Instance, Restart, Settings, CPU_AUTO};
 use platform::madt;
 
+/// The seeds of a fuzz target: the MADT target's are the captured tables of
+/// `tests/data/madt` (kept once, there); the others live in `fuzz/corpus/<name>`.
 fn corpus(name: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(name);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = match name {
+        "madt" => root.join("tests/data/madt"),
+        _ => root.join("fuzz/corpus").join(name),
+    };
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "bin"))
         .collect();
     files.sort();
     assert!(!files.is_empty(), "{} holds no seeds", dir.display());

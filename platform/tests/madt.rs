@@ -33,9 +33,7 @@ fn finish(mut t: Vec<u8>) -> Vec<u8> {
 }
 
 fn fix_checksum(t: &mut [u8]) {
-    t[9] = 0;
-    let sum = t.iter().fold(0u8, |a, &b| a.wrapping_add(b));
-    t[9] = 0u8.wrapping_sub(sum);
+    platform::acpi::set_checksum(t, 9);
 }
 
 const ENABLED: u32 = 1;

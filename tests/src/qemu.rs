@@ -104,7 +104,8 @@ impl InputStep {
 
 pub const QEMU: &str = "qemu-system-x86_64";
 
-/// `-device isa-debug-exit,iobase=0xf4,iosize=0x04` (QEMU docs, "isa-debug-exit").
+/// `-device isa-debug-exit,iobase=0xf4,iosize=0x04` (QEMU docs, "isa-debug-exit"); the port
+/// is `bootproto::report::DEBUG_EXIT_PORT` (checked by a test).
 pub const DEBUG_EXIT_DEVICE: &str = "isa-debug-exit,iobase=0xf4,iosize=0x04";
 
 impl Config {
@@ -433,6 +434,13 @@ mod tests {
 
     fn joined(a: &[String]) -> String {
         a.join(" ")
+    }
+
+    #[test]
+    fn the_exit_device_is_at_the_managers_port() {
+        let port = format!("iobase={:#x},", bootproto::report::DEBUG_EXIT_PORT);
+        assert!(DEBUG_EXIT_DEVICE.contains(&port));
+        assert_eq!((verdict::EXIT_PASS, verdict::EXIT_FAIL), (33, 35));
     }
 
     #[test]

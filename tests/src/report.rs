@@ -12,8 +12,8 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-/// Keep in sync with `kernel/src/report.rs`.
-pub const REPORT_PREFIX: &str = "REPORT ";
+/// The prefix of a report line (one source: `bootproto::report`).
+pub use bootproto::report::PREFIX as REPORT_PREFIX;
 pub const REPORT_VERSION: u32 = 1;
 
 #[derive(Serialize, Debug, Clone)]

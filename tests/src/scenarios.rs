@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::qemu::{Firmware, Outcome};
 use crate::report::collect_sections;
+use bootproto::report::section;
 
 /// Which build of the manager a scenario boots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -26,17 +27,8 @@ pub enum KernelVariant {
 }
 
 impl KernelVariant {
-    /// Cargo features for the kernel crate.
-    pub fn features(self) -> &'static [&'static str] {
-        match self {
-            KernelVariant::Usb => &[],
-            KernelVariant::Qemu => &["qemu-exit"],
-            KernelVariant::SelftestPanic => &["qemu-exit", "selftest-panic"],
-            KernelVariant::SelftestFault => &["qemu-exit", "selftest-fault"],
-            KernelVariant::UsbSelftestPanic => &["selftest-panic"],
-        }
-    }
-
+    /// The variant's name (its build directory; the cargo features it is built with are in
+    /// `xtask/src/build.rs`).
     pub fn name(self) -> &'static str {
         match self {
             KernelVariant::Usb => "usb",
@@ -392,7 +384,7 @@ fn shell_script(cmds: &[&str]) -> Vec<(String, String)> {
 
 fn instances(o: &Outcome) -> Result<Vec<Value>, String> {
     let (sections, _) = collect_sections(&o.serial);
-    match sections.get("instances") {
+    match sections.get(section::INSTANCES) {
         Some(Value::Array(items)) => Ok(items.clone()),
         _ => Err("no `instances` report section".into()),
     }
@@ -411,7 +403,8 @@ fn console<'a>(o: &'a Outcome, name: &str) -> Vec<&'a str> {
 /// (INITs, SIPIs) the manager sent to `apic`, from the report's `ipis` section.
 fn ipis_to(o: &Outcome, apic: u64) -> Result<(u64, u64), String> {
     let (sections, _) = collect_sections(&o.serial);
-    let items = sections.get("ipis").and_then(Value::as_array).ok_or("no `ipis` report section")?;
+    let items =
+        sections.get(section::IPIS).and_then(Value::as_array).ok_or("no `ipis` report section")?;
     Ok(items
         .iter()
         .find(|i| i["apic_id"] == apic)
@@ -420,14 +413,16 @@ fn ipis_to(o: &Outcome, apic: u64) -> Result<(u64, u64), String> {
 
 fn check_cpus(o: &Outcome, smp: u64) -> Result<(), String> {
     let (sections, _) = collect_sections(&o.serial);
-    let cpus = sections.get("cpus").and_then(Value::as_array).ok_or("no `cpus` report section")?;
+    let cpus =
+        sections.get(section::CPUS).and_then(Value::as_array).ok_or("no `cpus` report section")?;
     expect(cpus.len() as u64 == smp, || format!("{} CPUs reported, expected {smp}", cpus.len()))?;
     let bsps: Vec<_> = cpus.iter().filter(|c| c["bsp"] == true).collect();
     expect(bsps.len() == 1 && bsps[0]["apic_id"] == 0, || format!("BSP marking wrong: {bsps:?}"))?;
     for (i, c) in cpus.iter().enumerate() {
         expect(c["apic_id"] == i as u64 && c["enabled"] == true, || format!("CPU {i}: {c}"))?;
     }
-    let plan = sections.get("plan").and_then(Value::as_array).ok_or("no `plan` report section")?;
+    let plan =
+        sections.get(section::PLAN).and_then(Value::as_array).ok_or("no `plan` report section")?;
     // No two planned regions overlap.
     let mut ranges: Vec<(u64, u64, String)> = plan
         .iter()
@@ -881,7 +876,7 @@ fn check_flood(o: &Outcome) -> Result<(), String> {
 
 fn check_x2apic(o: &Outcome) -> Result<(), String> {
     let (sections, _) = collect_sections(&o.serial);
-    let apic = sections.get("apic").ok_or("no `apic` report section")?;
+    let apic = sections.get(section::APIC).ok_or("no `apic` report section")?;
     expect(apic["mode"] == "X2Apic", || format!("APIC mode in force: {}", apic["mode"]))?;
     check_default_run(o, 4)
 }
@@ -906,7 +901,7 @@ fn check_banner(o: &Outcome, firmware: &str) -> Result<(), String> {
         "no usable memory region listed".into()
     })?;
     let (sections, _) = collect_sections(s);
-    let boot = sections.get("boot").ok_or("no `boot` report section")?;
+    let boot = sections.get(section::BOOT).ok_or("no `boot` report section")?;
     expect(boot["firmware"] == firmware, || format!("report firmware is {}", boot["firmware"]))?;
     // 512 MiB of RAM: well over 400 MiB must be usable, and never more than the machine has.
     let usable = boot["usable_bytes"].as_u64().unwrap_or(0);

@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
-/// Exit status for a manager that wrote 0x10 to the debug-exit port: `(0x10 << 1) | 1`.
-pub const EXIT_PASS: i32 = 33;
-/// Exit status for a manager that wrote 0x11: `(0x11 << 1) | 1`.
-pub const EXIT_FAIL: i32 = 35;
+/// Exit status for a manager that reported a pass through the debug-exit port (33).
+pub const EXIT_PASS: i32 = bootproto::report::qemu_status(bootproto::report::DEBUG_EXIT_PASS);
+/// Exit status for a manager that reported a failure (35).
+pub const EXIT_FAIL: i32 = bootproto::report::qemu_status(bootproto::report::DEBUG_EXIT_FAIL);
 
 /// How the QEMU process ended.
 #[derive(Clone, Debug, PartialEq, Eq)]

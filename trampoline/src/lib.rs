@@ -53,7 +53,7 @@ mod asm;
 use core::fmt;
 use core::mem::{offset_of, size_of};
 
-pub const PAGE_SIZE: usize = 4096;
+pub const PAGE_SIZE: usize = bootproto::PAGE_SIZE as usize;
 /// Bytes reserved for the code at the start of the start page; the assembler refuses more.
 pub const CODE_MAX: usize = 0x800;
 /// Where the [`StartHeader`] sits in the start page.
@@ -441,11 +441,11 @@ impl Out<'_> {
 
 /// Reads little-endian fields back (for the manager's view of AP-written records).
 fn le_u32(b: &[u8], off: usize) -> u32 {
-    b.get(off..off + 4).map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    bootproto::le::u32_at(b, off).unwrap_or(0)
 }
 
 fn le_u64(b: &[u8], off: usize) -> u64 {
-    u64::from(le_u32(b, off)) | (u64::from(le_u32(b, off + 4)) << 32)
+    bootproto::le::u64_at(b, off).unwrap_or(0)
 }
 
 /// The exact bytes of the start page that will live at physical `page`, with the CPU table of

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use bootproto::report::section;
 use qemu_tests::qemu::{self, Accel, Firmware, InputStep};
 use qemu_tests::report::collect_sections;
 use serde_json::Value;
@@ -100,7 +101,7 @@ fn collect(serial: &str, s: &mut Samples, log: &Path) -> anyhow::Result<()> {
             s.page_tables.push(p);
         }
     }
-    if let Some(h) = sections.get("frames").and_then(|f| f["heap_used"].as_u64()) {
+    if let Some(h) = sections.get(section::FRAMES).and_then(|f| f["heap_used"].as_u64()) {
         s.heap_used.push(h);
     }
     // Boot time: the first time stamp on the line that says the last instance reported in.

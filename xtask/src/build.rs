@@ -31,9 +31,20 @@ fn cargo() -> Command {
     c
 }
 
+/// The kernel crate's cargo features for each variant (see `kernel/Cargo.toml`).
+pub fn features(variant: KernelVariant) -> &'static [&'static str] {
+    match variant {
+        KernelVariant::Usb => &[],
+        KernelVariant::Qemu => &["qemu-exit"],
+        KernelVariant::SelftestPanic => &["qemu-exit", "selftest-panic"],
+        KernelVariant::SelftestFault => &["qemu-exit", "selftest-fault"],
+        KernelVariant::UsbSelftestPanic => &["selftest-panic"],
+    }
+}
+
 /// Builds the manager with the variant's features; returns the path of its ELF.
 pub fn build_kernel(variant: KernelVariant) -> anyhow::Result<PathBuf> {
-    let features = variant.features().join(",");
+    let features = features(variant).join(",");
     let mut cmd = cargo();
     cmd.args(["build", "--quiet", "--package", "kernel", "--release", "--target", KERNEL_TARGET]);
     if !features.is_empty() {

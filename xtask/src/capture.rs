@@ -20,6 +20,7 @@
 //! "Root System Description Table (RSDT)", "Extended System Description Table (XSDT)",
 //! "System Description Table Header".
 
+use bootproto::le::{u16_at as read_u16, u32_at as read_u32, u64_at as read_u64};
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -308,20 +309,8 @@ fn read_until_prompts(
     Ok(())
 }
 
-fn read_u16(mem: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(mem.get(at..at.checked_add(2)?)?.try_into().ok()?))
-}
-
-fn read_u32(mem: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(mem.get(at..at.checked_add(4)?)?.try_into().ok()?))
-}
-
-fn read_u64(mem: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(mem.get(at..at.checked_add(8)?)?.try_into().ok()?))
-}
-
 fn sums_to_zero(bytes: &[u8]) -> bool {
-    bytes.iter().fold(0u8, |a, &b| a.wrapping_add(b)) == 0
+    platform::acpi::checksum(bytes) == 0
 }
 
 /// Whether a valid RSDP starts at `at`: signature and the ACPI 1.0 checksum, plus the extended
@@ -406,9 +395,7 @@ mod tests {
     use super::*;
 
     fn fix_checksum(t: &mut [u8], at: usize) {
-        t[at] = 0;
-        let sum = t.iter().fold(0u8, |a, &b| a.wrapping_add(b));
-        t[at] = 0u8.wrapping_sub(sum);
+        platform::acpi::set_checksum(t, at);
     }
 
     fn sdt(sig: &[u8; 4], body: &[u8]) -> Vec<u8> {

@@ -169,55 +169,16 @@ fn build_c(
     Ok(Payload { name, path })
 }
 
-/// ELF header facts this module checks (ELF gABI, "ELF Header").
-const ELFCLASS64: u8 = 2;
-const ELFDATA2LSB: u8 = 1;
-const ET_DYN: u16 = 3;
-const EM_X86_64: u16 = 62;
-
-/// Why an ELF is not a payload the manager can place at a run-time address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum HeaderProblem {
-    NotElf64Le,
-    Machine(u16),
-    Type(u16),
-}
-
-fn check_header(bytes: &[u8]) -> Result<(), HeaderProblem> {
-    let ident_ok = bytes.get(..4) == Some(b"\x7fELF".as_slice())
-        && bytes.get(4) == Some(&ELFCLASS64)
-        && bytes.get(5) == Some(&ELFDATA2LSB);
-    let half = |at: usize| bytes.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let (Some(e_type), Some(e_machine)) = (half(16), half(18)) else {
-        return Err(HeaderProblem::NotElf64Le);
-    };
-    if !ident_ok {
-        return Err(HeaderProblem::NotElf64Le);
-    }
-    if e_machine != EM_X86_64 {
-        return Err(HeaderProblem::Machine(e_machine));
-    }
-    if e_type != ET_DYN {
-        return Err(HeaderProblem::Type(e_type));
-    }
-    Ok(())
-}
-
 fn check_static_pie(path: &Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    match check_header(&bytes) {
-        Ok(()) => Ok(()),
-        Err(HeaderProblem::NotElf64Le) => {
-            bail!("{} is not a 64-bit little-endian ELF file", path.display())
-        }
-        Err(HeaderProblem::Machine(m)) => {
-            bail!("{} is for ELF machine {m}, not x86_64 ({EM_X86_64})", path.display())
-        }
-        Err(HeaderProblem::Type(t)) => bail!(
-            "{} has ELF type {t}, not ET_DYN ({ET_DYN}): payloads must be static PIEs, because \
+    match loader::identify(&bytes) {
+        Ok(loader::ImageKind::PositionIndependent) => Ok(()),
+        Ok(loader::ImageKind::Executable) => bail!(
+            "{} is linked at fixed addresses (ET_EXEC): payloads must be static PIEs, because \
              the manager chooses their load address at run time",
             path.display()
         ),
+        Err(e) => bail!("{}: {e}", path.display()),
     }
 }
 
@@ -228,8 +189,8 @@ mod tests {
     fn header(e_type: u16, e_machine: u16) -> Vec<u8> {
         let mut h = vec![0u8; 64];
         h[..4].copy_from_slice(b"\x7fELF");
-        h[4] = ELFCLASS64;
-        h[5] = ELFDATA2LSB;
+        h[4] = 2; // ELFCLASS64
+        h[5] = 1; // little-endian
         h[16..18].copy_from_slice(&e_type.to_le_bytes());
         h[18..20].copy_from_slice(&e_machine.to_le_bytes());
         h
@@ -237,12 +198,20 @@ mod tests {
 
     #[test]
     fn only_x86_64_position_independent_elfs_pass() {
-        assert_eq!(check_header(&header(ET_DYN, EM_X86_64)), Ok(()));
-        assert_eq!(check_header(&header(2, EM_X86_64)), Err(HeaderProblem::Type(2)));
-        assert_eq!(check_header(&header(ET_DYN, 3)), Err(HeaderProblem::Machine(3)));
-        assert_eq!(check_header(b"\x7fELF"), Err(HeaderProblem::NotElf64Le));
-        let mut elf32 = header(ET_DYN, EM_X86_64);
+        let dir = std::env::temp_dir().join(format!("mk-payload-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let check = |bytes: Vec<u8>| {
+            let p = dir.join("x.elf");
+            std::fs::write(&p, bytes).unwrap();
+            check_static_pie(&p).map_err(|e| e.to_string())
+        };
+        assert_eq!(check(header(3, 62)), Ok(()));
+        assert!(check(header(2, 62)).unwrap_err().contains("fixed addresses (ET_EXEC)"));
+        assert!(check(header(3, 3)).unwrap_err().contains("machine"));
+        assert!(check(b"\x7fELF".to_vec()).is_err());
+        let mut elf32 = header(3, 62);
         elf32[4] = 1;
-        assert_eq!(check_header(&elf32), Err(HeaderProblem::NotElf64Le));
+        assert!(check(elf32).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

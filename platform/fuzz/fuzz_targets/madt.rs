@@ -13,9 +13,7 @@ fuzz_target!(|data: &[u8]| {
     let mut fixed = data.to_vec();
     if fixed.len() >= 36 && data[0] & 1 == 1 {
         let len = (u32::from_le_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]) as usize).min(fixed.len());
-        fixed[9] = 0;
-        let sum = fixed[..len].iter().fold(0u8, |a, &b| a.wrapping_add(b));
-        fixed[9] = 0u8.wrapping_sub(sum);
+        platform::acpi::set_checksum(&mut fixed[..len], 9);
     }
     let Ok(mut inv) = madt::parse(&fixed) else { return };
     let mut ids: Vec<u32> = inv.cpus.iter().map(|c| c.apic_id).collect();
