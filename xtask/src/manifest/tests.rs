@@ -1,0 +1,513 @@
+//! Unit tests of the manifest checks: every message's text and place, the values a valid
+//! manifest gives, packing into a boot bundle, and the committed manifests (the error cases
+//! under `tests/manifests/`, the default manifest and the example).
+
+use std::path::{Path, PathBuf};
+
+// `platform::bundle` by name, over this module's own `bundle` submodule that `super::*` brings.
+use platform::bundle::{self, Instance, Restart, Settings, CPU_AUTO};
+
+use super::check::DEFAULT_MAX_RESTARTS;
+use super::source::Source;
+use super::*;
+use crate::payloads::Payload;
+
+/// Parses `text` as `m.toml`, with images looked up in `dir`.
+fn parse_in(text: &str, dir: &Path) -> Result<Manifest, Vec<String>> {
+    parse(Path::new("m.toml"), text, dir).map_err(|e| e.0.iter().map(ToString::to_string).collect())
+}
+
+fn check(text: &str) -> Result<Manifest, Vec<String>> {
+    parse_in(text, Path::new("/nonexistent"))
+}
+
+/// The single error `text` gives.
+fn one_error(text: &str) -> String {
+    let errors = check(text).expect_err("the manifest should be refused");
+    assert_eq!(errors.len(), 1, "expected one error, got {errors:#?}");
+    errors.into_iter().next().unwrap_or_default()
+}
+
+/// A scratch directory of its own for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("xtask-manifest-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("creating a scratch directory");
+    dir
+}
+
+const VALID: &str = r#"
+[settings]
+boot_timeout_ms = 500
+run_ms = 0
+log_level = "debug"
+
+[[instance]]
+name = "hello"
+payload = "hello"
+memory = "8M"
+args = "ticks=5"
+
+[[instance]]
+name = "crunch"
+payload = "compute"
+cpu = 3
+memory = 16777216
+base = "0x4000000"
+restart = "on-failure"
+heartbeat_timeout_ms = 250
+
+[[instance]]
+name = "c"
+payload = "hello-c"
+memory = "1G"
+base = 0x8000_0000
+restart = "on-failure"
+max_restarts = 7
+"#;
+
+#[test]
+fn a_valid_manifest_gives_every_field_and_default() {
+    let m = check(VALID).expect("valid");
+    assert_eq!(m.settings, Settings { run_ms: 0, checkin_timeout_ms: 500, log_level: 3, flags: 0 });
+    let [hello, crunch, c] = &m.instances[..] else { panic!("three instances: {m:?}") };
+    assert_eq!(hello.name, "hello");
+    assert_eq!(hello.kernel, Kernel::Payload("hello".into()));
+    assert_eq!((hello.cpu, hello.memory, hello.base), (None, 8 << 20, None));
+    assert_eq!(hello.args, "ticks=5");
+    assert_eq!(
+        (hello.restart, hello.max_restarts, hello.heartbeat_timeout_ms),
+        (Restart::Never, 0, None)
+    );
+    assert_eq!(hello.kernel_at, (9, 11));
+    assert_eq!((crunch.cpu, crunch.memory, crunch.base), (Some(3), 16 << 20, Some(0x400_0000)));
+    assert_eq!(crunch.args, "");
+    assert_eq!((crunch.restart, crunch.max_restarts), (Restart::OnFailure, DEFAULT_MAX_RESTARTS));
+    assert_eq!(crunch.heartbeat_timeout_ms, Some(250));
+    assert_eq!((c.memory, c.base, c.max_restarts), (1 << 30, Some(0x8000_0000), 7));
+    assert_eq!(
+        crunch.summary(),
+        "crunch: payload compute, cpu 3, memory 16M, base 0x4000000, restart on-failure \
+         (at most 3), heartbeat timeout 250 ms, args \"\""
+    );
+}
+
+#[test]
+fn settings_are_optional() {
+    let m =
+        check("[[instance]]\nname = \"a\"\npayload = \"hello\"\nmemory = \"8M\"\n").expect("valid");
+    assert_eq!(m.settings, Settings::default());
+    assert_eq!(m.settings.run_ms, 3000);
+    assert_eq!(m.settings.checkin_timeout_ms, 1000);
+    assert_eq!(m.settings.log_level, 2);
+}
+
+#[test]
+fn an_unknown_field_is_named_with_its_place() {
+    let e = one_error(
+        "[[instance]]\nname = \"a\"\npayload = \"hello\"\nmemory = \"8M\"\ncolour = \"red\"\n",
+    );
+    assert!(
+        e.starts_with("m.toml:5:1: instance 'a': unknown field `colour`, expected one of"),
+        "{e}"
+    );
+    let e = one_error(
+        "[setings]\nrun_ms = 1\n[[instance]]\nname = \"a\"\npayload = \"hello\"\nmemory = \"8M\"\n",
+    );
+    assert!(e.starts_with("m.toml:1:2: unknown field `setings`, expected"), "{e}");
+    let e = one_error("[settings]\nrun_secs = 1\n[[instance]]\nname = \"a\"\npayload = \"hello\"\nmemory = \"8M\"\n");
+    assert!(e.starts_with("m.toml:2:1: settings: unknown field `run_secs`"), "{e}");
+}
+
+#[test]
+fn wrong_types_and_values_are_located() {
+    let e = one_error("[settings]\nlog_level = \"loud\"\n[[instance]]\nname = \"a\"\npayload = \"hello\"\nmemory = \"8M\"\n");
+    assert!(e.starts_with("m.toml:2:13: settings: unknown variant `loud`"), "{e}");
+    let e = one_error(
+        "[[instance]]\nname = \"a\"\npayload = \"hello\"\nmemory = \"8M\"\ncpu = \"one\"\n",
+    );
+    assert!(e.starts_with("m.toml:5:7: instance 'a': invalid type: string \"one\""), "{e}");
+}
+
+#[test]
+fn syntax_errors_are_located() {
+    let errors = check("[[instance]]\nname = \"a\nmemory = 8M\n").expect_err("refused");
+    assert!(!errors.is_empty());
+    assert!(errors[0].starts_with("m.toml:2:"), "{errors:#?}");
+    assert!(errors[0].contains("TOML syntax"), "{errors:#?}");
+}
+
+#[test]
+fn a_missing_name_is_reported_at_its_table() {
+    let e = one_error("[[instance]]\npayload = \"hello\"\nmemory = \"8M\"\n");
+    assert_eq!(e, "m.toml:1:1: instance #1: `name` is missing");
+}
+
+#[test]
+fn payload_and_image_exclude_each_other() {
+    let e = one_error(
+        "[[instance]]\nname = \"a\"\npayload = \"hello\"\nimage = \"k.elf\"\nmemory = \"8M\"\n",
+    );
+    assert_eq!(
+        e,
+        "m.toml:4:9: instance 'a': both `payload` (\"hello\") and `image` (\"k.elf\") are \
+         given; choose one"
+    );
+    let e = one_error("[[instance]]\nname = \"a\"\nmemory = \"8M\"\n");
+    assert_eq!(
+        e,
+        "m.toml:1:1: instance 'a': give either `payload` (one of hello, compute, fault, \
+         hello-c, hostile-c) or `image` (an ELF file)"
+    );
+    let e = one_error("[[instance]]\nname = \"a\"\npayload = \"hallo\"\nmemory = \"8M\"\n");
+    assert_eq!(
+        e,
+        "m.toml:3:11: instance 'a': payload \"hallo\" is not one of this repository's \
+         payloads (hello, compute, fault, hello-c, hostile-c)"
+    );
+}
+
+#[test]
+fn duplicate_names_point_at_both() {
+    let e = one_error(
+        "[[instance]]\nname = \"hello\"\npayload = \"hello\"\nmemory = \"8M\"\n\n\
+         [[instance]]\nname = \"hello\"\npayload = \"compute\"\nmemory = \"8M\"\n",
+    );
+    assert_eq!(e, "m.toml:7:8: instance name 'hello' is used twice (first at line 2)");
+}
+
+#[test]
+fn duplicate_cpus_name_both_instances() {
+    let e = one_error(
+        "[[instance]]\nname = \"a\"\npayload = \"hello\"\ncpu = 5\nmemory = \"8M\"\n\n\
+         [[instance]]\nname = \"b\"\npayload = \"hello\"\ncpu = 5\nmemory = \"8M\"\n",
+    );
+    assert_eq!(e, "m.toml:10:7: cpu 5 is given to both 'a' and 'b'");
+    let e = one_error(
+        "[[instance]]\nname = \"a\"\npayload = \"hello\"\ncpu = 4294967295\nmemory = \"8M\"\n",
+    );
+    assert!(e.starts_with("m.toml:4:7: instance 'a': cpu 4294967295 is reserved"), "{e}");
+}
+
+#[test]
+fn sizes_must_parse_fit_and_be_page_multiples() {
+    let inst = |memory: &str| {
+        format!("[[instance]]\nname = \"a\"\npayload = \"hello\"\nmemory = {memory}\n")
+    };
+    assert_eq!(
+        one_error(&inst("\"12Q\"")),
+        "m.toml:4:10: instance 'a': memory \"12Q\" is not a size (use e.g. 32M, 1G, or a byte count)"
+    );
+    assert_eq!(
+        one_error(&inst("-5")),
+        "m.toml:4:10: instance 'a': memory -5 is not a size (use e.g. 32M, 1G, or a byte count)"
+    );
+    assert_eq!(
+        one_error(&inst("\"64K\"")),
+        "m.toml:4:10: instance 'a': memory \"64K\" is too small: an instance needs at least \
+         96K (24K of shared pages, a 4K CPU slot, a 64K stack and its image)"
+    );
+    assert_eq!(
+        one_error(&inst("1048577")),
+        "m.toml:4:10: instance 'a': memory 1048577 is not a multiple of 4K"
+    );
+    assert_eq!(
+        one_error("[[instance]]\nname = \"a\"\npayload = \"hello\"\n"),
+        "m.toml:1:1: instance 'a': `memory` is missing (e.g. memory = \"32M\")"
+    );
+    for ok in ["\"96K\"", "\"0x800000\"", "8388608", "\"2G\"", "\"1_048_576\""] {
+        assert!(check(&inst(ok)).is_ok(), "{ok}");
+    }
+}
+
+#[test]
+fn bases_must_be_aligned_nonzero_addresses() {
+    let inst = |base: &str| {
+        format!("[[instance]]\nname = \"a\"\npayload = \"hello\"\nmemory = \"8M\"\nbase = {base}\n")
+    };
+    assert_eq!(
+        one_error(&inst("\"0xZZ\"")),
+        "m.toml:5:8: instance 'a': base \"0xZZ\" is not an address (use e.g. \"0x4000000\" or \
+         an integer)"
+    );
+    assert_eq!(
+        one_error(&inst("\"0x4001000\"")),
+        "m.toml:5:8: instance 'a': base 0x4001000 is not aligned to 2M (0x200000)"
+    );
+    assert!(one_error(&inst("0")).contains("base 0 is not allowed"));
+    assert!(one_error(&inst("\"0xffffffffffe00000\"")).contains("overflows 64 bits"));
+    assert_eq!(check(&inst("\"64M\"")).expect("valid").instances[0].base, Some(64 << 20));
+}
+
+#[test]
+fn names_and_args_must_fit_the_bundle() {
+    let long_args = "x".repeat(ARGS_MAX + 1);
+    let e = one_error(&format!(
+        "[[instance]]\nname = \"a\"\npayload = \"hello\"\nmemory = \"8M\"\nargs = \"{long_args}\"\n"
+    ));
+    assert_eq!(e, "m.toml:5:8: instance 'a': args is 256 bytes long; at most 255 fit");
+    let fits = "x".repeat(ARGS_MAX);
+    assert!(check(&format!(
+        "[[instance]]\nname = \"a\"\npayload = \"hello\"\nmemory = \"8M\"\nargs = \"{fits}\"\n"
+    ))
+    .is_ok());
+    let long_name = "n".repeat(NAME_MAX + 1);
+    let e = one_error(&format!(
+        "[[instance]]\nname = \"{long_name}\"\npayload = \"hello\"\nmemory = \"8M\"\n"
+    ));
+    assert_eq!(
+        e,
+        format!("m.toml:2:8: instance name \"{long_name}\" is 32 bytes long; at most 31 fit")
+    );
+    assert!(one_error("[[instance]]\nname = \"\"\npayload = \"hello\"\nmemory = \"8M\"\n")
+        .contains("must not be empty"));
+}
+
+#[test]
+fn restart_policies() {
+    let inst = |extra: &str| {
+        format!("[[instance]]\nname = \"a\"\npayload = \"hello\"\nmemory = \"8M\"\n{extra}\n")
+    };
+    let get = |extra: &str| {
+        let m = check(&inst(extra)).expect("valid");
+        (m.instances[0].restart, m.instances[0].max_restarts)
+    };
+    assert_eq!(get(""), (Restart::Never, 0));
+    assert_eq!(get("restart = \"never\""), (Restart::Never, 0));
+    assert_eq!(get("restart = \"never\"\nmax_restarts = 0"), (Restart::Never, 0));
+    assert_eq!(get("restart = \"on-failure\""), (Restart::OnFailure, 3));
+    assert_eq!(get("restart = \"on-failure\"\nmax_restarts = 1"), (Restart::OnFailure, 1));
+    assert_eq!(
+        one_error(&inst("max_restarts = 2")),
+        "m.toml:5:16: instance 'a': max_restarts 2 needs restart = \"on-failure\" (the \
+         policy is \"never\")"
+    );
+    assert!(one_error(&inst("restart = \"on-failure\"\nmax_restarts = 0"))
+        .starts_with("m.toml:6:16: instance 'a': max_restarts 0 with restart = \"on-failure\""));
+    assert!(one_error(&inst("restart = \"always\"")).starts_with(
+        "m.toml:5:11: instance 'a': unknown variant `always`, expected `never` or `on-failure`"
+    ));
+    assert!(one_error(&inst("heartbeat_timeout_ms = 0"))
+        .contains("heartbeat_timeout_ms must be at least 1"));
+}
+
+#[test]
+fn every_error_is_reported_not_just_the_first() {
+    let errors = check(
+        "[[instance]]\nname = \"a\"\npayload = \"hello\"\nmemory = \"12Q\"\nbogus = 1\n\n\
+         [[instance]]\nname = \"b\"\npayload = \"nope\"\nmemory = \"8X\"\n\n\
+         [[instance]]\npayload = \"hello\"\nmemory = \"8M\"\n",
+    )
+    .expect_err("refused");
+    assert_eq!(errors.len(), 4, "{errors:#?}");
+    assert!(errors[0].starts_with("m.toml:5:1: instance 'a': unknown field `bogus`"));
+    assert!(errors[1].starts_with("m.toml:9:11: instance 'b': payload \"nope\""));
+    assert!(errors[2].starts_with("m.toml:10:10: instance 'b': memory \"8X\""));
+    assert!(errors[3].starts_with("m.toml:12:1: instance #3: `name` is missing"));
+}
+
+#[test]
+fn a_manifest_without_instances_is_refused() {
+    assert_eq!(
+        one_error("[settings]\nrun_ms = 5\n"),
+        "m.toml:3:1: the manifest starts no instances: add an [[instance]] table for each kernel"
+    );
+    assert!(one_error("instance = 3\n").contains("must be a list of tables"));
+}
+
+#[test]
+fn a_nonexistent_image_says_where_it_looked() {
+    let dir = scratch("missing");
+    let errors = parse_in(
+        "[[instance]]\nname = \"x\"\nimage = \"kernels/foo.elf\"\nmemory = \"8M\"\n",
+        &dir,
+    )
+    .expect_err("refused");
+    assert_eq!(
+        errors,
+        vec![format!(
+            "m.toml:3:9: instance 'x': image \"kernels/foo.elf\" not found (looked in {})",
+            dir.join("kernels/foo.elf").display()
+        )]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_image_the_loader_refuses_is_reported() {
+    let dir = scratch("refused");
+    std::fs::write(dir.join("notes.txt"), b"this is not an ELF file").expect("writing");
+    let errors =
+        parse_in("[[instance]]\nname = \"x\"\nimage = \"notes.txt\"\nmemory = \"8M\"\n", &dir)
+            .expect_err("refused");
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].starts_with("m.toml:3:9: instance 'x': image refused by the loader: "),
+        "{errors:#?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn to_bundle_reports_missing_and_refused_payloads() {
+    let dir = scratch("bundle");
+    let m = check(VALID).expect("valid");
+    let errors = to_bundle(&m, &[]).expect_err("payloads were not built");
+    assert_eq!(errors.0.len(), 3);
+    assert_eq!(
+        errors.0[0].to_string(),
+        "m.toml:9:11: instance 'hello': payload \"hello\" was not built"
+    );
+    // A payload whose ELF the loader refuses.
+    std::fs::write(dir.join("hello.elf"), b"junk").expect("writing");
+    let payloads = [Payload { name: "hello", path: dir.join("hello.elf") }];
+    let one =
+        check("[[instance]]\nname = \"a\"\npayload = \"hello\"\nmemory = \"8M\"\n").expect("valid");
+    let errors = to_bundle(&one, &payloads).expect_err("refused");
+    assert!(
+        errors.0[0]
+            .to_string()
+            .starts_with("m.toml:3:11: instance 'a': payload \"hello\" refused by the loader: "),
+        "{errors}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Small ELF images from the loader's fuzz corpus, copied into `dir`.
+fn copy_corpus_images(dir: &Path) {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../loader/fuzz/corpus/plan");
+    for name in ["crafted-pie.elf", "crafted-exec.elf"] {
+        std::fs::copy(corpus.join(name), dir.join(name)).expect("copying a corpus image");
+    }
+}
+
+#[test]
+fn to_bundle_packs_images_once_each() {
+    let dir = scratch("images");
+    copy_corpus_images(&dir);
+    let m = parse_in(
+        "[settings]\nrun_ms = 0\n\n\
+         [[instance]]\nname = \"a\"\nimage = \"crafted-pie.elf\"\nmemory = \"4M\"\ncpu = 2\n\n\
+         [[instance]]\nname = \"b\"\nimage = \"crafted-pie.elf\"\nmemory = \"8M\"\nargs = \"x=1\"\n\n\
+         [[instance]]\nname = \"fixed\"\nimage = \"crafted-exec.elf\"\nmemory = \"8M\"\n\
+         base = \"0x200000\"\nrestart = \"on-failure\"\nheartbeat_timeout_ms = 100\n",
+        &dir,
+    )
+    .expect("valid");
+    let bundle = to_bundle(&m, &[]).expect("packs");
+    assert_eq!(bundle.settings.run_ms, 0);
+    let files: Vec<_> = bundle.files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(files, ["crafted-pie.elf", "crafted-exec.elf"]);
+    assert_eq!(
+        bundle.instances[0],
+        Instance {
+            name: "a".into(),
+            file: 0,
+            cpu: 2,
+            memory: 4 << 20,
+            base: None,
+            restart: Restart::Never,
+            max_restarts: 0,
+            heartbeat_timeout_ms: 0,
+            boot_protocol: true,
+            args: String::new(),
+        }
+    );
+    assert_eq!((bundle.instances[1].file, bundle.instances[1].cpu), (0, CPU_AUTO));
+    assert_eq!(bundle.instances[1].args, "x=1");
+    let fixed = &bundle.instances[2];
+    assert_eq!((fixed.file, fixed.base), (1, Some(0x20_0000)));
+    assert_eq!(
+        (fixed.restart, fixed.max_restarts, fixed.heartbeat_timeout_ms),
+        (Restart::OnFailure, 3, 100)
+    );
+    // What the manager will read back.
+    let bytes = bundle.encode().expect("encodes");
+    let parsed = bundle::parse(&bytes).expect("parses");
+    assert_eq!(parsed.instances, bundle.instances);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_fixed_address_image_without_base_gets_a_hint() {
+    let dir = scratch("exec");
+    copy_corpus_images(&dir);
+    let errors = parse_in(
+        "[[instance]]\nname = \"fixed\"\nimage = \"crafted-exec.elf\"\nmemory = \"8M\"\n",
+        &dir,
+    )
+    .expect_err("refused");
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(errors[0].starts_with("m.toml:3:9: instance 'fixed': image refused by the loader: "));
+    assert!(errors[0].ends_with("set `base` to the region it was linked for)"), "{errors:#?}");
+    // Too little memory for the image once the stack, CPU slot and shared pages are set aside.
+    let errors = parse_in(
+        "[[instance]]\nname = \"fixed\"\nimage = \"crafted-exec.elf\"\nmemory = \"96K\"\n\
+         base = \"0x200000\"\n",
+        &dir,
+    )
+    .expect_err("refused");
+    assert!(errors[0].contains("image refused by the loader"), "{errors:#?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The error manifests under tests/manifests/, as `cargo xtask check` reports them.
+#[test]
+fn committed_error_manifests() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cases: &[(&str, &[&str])] = &[
+        ("duplicate-cpu.toml", &[":13:7: cpu 2 is given to both 'left' and 'right'"]),
+        (
+            "bad-memory.toml",
+            &[":6:10: instance 'big': memory \"12Q\" is not a size (use e.g. 32M, 1G, or a byte count)"],
+        ),
+        ("unknown-field.toml", &[":7:1: instance 'hello': unknown field `memroy`, expected one of"]),
+        (
+            "duplicate-name.toml",
+            &[":10:8: instance name 'hello' is used twice (first at line 4)"],
+        ),
+        (
+            "payload-and-image.toml",
+            &[":6:9: instance 'both': both `payload` (\"hello\") and `image` (\"kernels/hello.elf\") are given; choose one"],
+        ),
+        (
+            "missing-image.toml",
+            &[":5:9: instance 'custom': image \"kernels/not-built.elf\" not found (looked in "],
+        ),
+        (
+            "bad-restart.toml",
+            &[":7:16: instance 'once': max_restarts 2 needs restart = \"on-failure\""],
+        ),
+    ];
+    for (file, expected) in cases {
+        let path = root.join("tests/manifests").join(file);
+        let errors = load(&path).expect_err(file).0;
+        assert_eq!(errors.len(), expected.len(), "{file}: {errors:#?}");
+        for (e, want) in errors.iter().zip(expected.iter()) {
+            let text = e.to_string();
+            let after_path = text.strip_prefix(&path.display().to_string()).unwrap_or(&text);
+            assert!(after_path.starts_with(want), "{file}: got {text:?}, want {want:?}");
+        }
+    }
+}
+
+#[test]
+fn the_committed_manifests_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // What the default run starts is checked by the QEMU scenarios that boot this very
+    // file; here, that it and the example load without an error.
+    let default = load(&root.join("manifests/default.toml")).expect("default manifest");
+    assert_eq!(default.settings, Settings::default());
+    load(&root.join("multikernel.example.toml")).expect("example manifest");
+}
+
+#[test]
+fn places_count_characters_from_one() {
+    let src = Source::new(Path::new("m.toml"), "ab\ncdé\nf");
+    assert_eq!(src.place(0), (1, 1));
+    assert_eq!(src.place(2), (1, 3));
+    assert_eq!(src.place(3), (2, 1));
+    assert_eq!(src.place(7), (2, 4));
+    assert_eq!(src.place(8), (3, 1));
+    assert_eq!(src.place(99), (3, 2));
+}
