@@ -270,4 +270,199 @@ static inline uint64_t mk_rdtsc(void) {
     return ((uint64_t)hi << 32) | lo;
 }
 
+/*
+ * Waiting by halting (version 2). A kernel with nothing to do should halt rather than spin: under
+ * QEMU's TCG every virtual CPU is a host thread, and on hardware a spinning CPU burns power. Call
+ * mk_irq_init() once per CPU (it installs an IDT of its own: exception vectors record the fault
+ * and park the CPU like the manager's early IDT, MK_TIMER_VECTOR wakes a halted CPU), then
+ * mk_wait_until(deadline_tsc) waits with the local APIC timer armed and `sti; hlt`. Without a
+ * usable local APIC or timer rate (a version 1 manager, say) it spins. Interrupts are on only
+ * inside the halt.
+ */
+#define MK_TIMER_VECTOR 0x20u
+#define MK_SPURIOUS_VECTOR 0xffu
+#define MK_IA32_APIC_BASE 0x1bu
+
+static inline uint64_t mk_rdmsr(uint32_t msr) {
+    uint32_t lo, hi;
+    __asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(msr));
+    return ((uint64_t)hi << 32) | lo;
+}
+
+static inline void mk_wrmsr(uint32_t msr, uint64_t v) {
+    __asm__ volatile("wrmsr" ::"c"(msr), "a"((uint32_t)v), "d"((uint32_t)(v >> 32)));
+}
+
+/* This CPU's local APIC: 0 unusable, 1 xAPIC at mk_apic_mmio, 2 x2APIC. */
+static int mk_apic_mode;
+static volatile uint32_t *mk_apic_mmio;
+static uint64_t mk_apic_timer_hz;
+static uint64_t mk_tsc_rate;
+static struct mk_status_block *mk_fault_status;
+
+static inline uint32_t mk_apic_read(uint32_t reg) {
+    if (mk_apic_mode == 1) {
+        return mk_apic_mmio[reg / 4];
+    }
+    return mk_apic_mode == 2 ? (uint32_t)mk_rdmsr(0x800u + reg / 16u) : 0u;
+}
+
+static inline void mk_apic_write(uint32_t reg, uint32_t v) {
+    if (mk_apic_mode == 1) {
+        mk_apic_mmio[reg / 4] = v;
+    } else if (mk_apic_mode == 2) {
+        mk_wrmsr(0x800u + reg / 16u, v);
+    }
+}
+
+/* The CPU's APIC ID (CPUID leaf 0Bh where it exists, else leaf 1). */
+static inline uint32_t mk_cpu_apic_id(void) {
+    uint32_t a, b, c, d;
+    __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(0u), "c"(0u));
+    if (a >= 0xbu) {
+        __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(0xbu), "c"(0u));
+        return d;
+    }
+    __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1u), "c"(0u));
+    return b >> 24;
+}
+
+struct mk_interrupt_frame;
+
+__attribute__((interrupt)) static void mk_timer_isr(struct mk_interrupt_frame *f) {
+    (void)f;
+    mk_apic_write(0xb0u, 0u); /* EOI */
+}
+
+__attribute__((interrupt)) static void mk_spurious_isr(struct mk_interrupt_frame *f) {
+    (void)f;
+}
+
+/* The CPU-pushed frame (SDM Vol. 3A, "Exception and Interrupt Handling in 64-bit Mode"). */
+struct mk_frame_words {
+    uint64_t rip, cs, rflags, rsp, ss;
+};
+
+static inline __attribute__((noreturn)) void mk_record_fault(uint64_t vector, uint64_t code,
+                                                             const void *frame) {
+    const struct mk_frame_words *w = (const struct mk_frame_words *)frame;
+    struct mk_status_block *st = mk_fault_status;
+    if (st != NULL) {
+        uint64_t cr2;
+        __asm__ volatile("mov %%cr2, %0" : "=r"(cr2));
+        st->fault_vector = vector;
+        st->fault_error_code = code;
+        st->fault_rip = w->rip;
+        st->fault_rsp = w->rsp;
+        st->fault_cr2 = cr2;
+        st->fault_apic_id = mk_cpu_apic_id();
+        mk_set_state(st, MK_STATE_FAULTED);
+    }
+    mk_park();
+}
+
+#define MK_FAULT_PLAIN(v)                                                                        \
+    __attribute__((interrupt)) static void mk_fault_##v(struct mk_interrupt_frame *f) {         \
+        mk_record_fault(v, 0, f);                                                                \
+    }
+#define MK_FAULT_CODE(v)                                                                         \
+    __attribute__((interrupt)) static void mk_fault_##v(struct mk_interrupt_frame *f,           \
+                                                        uint64_t code) {                         \
+        mk_record_fault(v, code, f);                                                             \
+    }
+/* Vectors that push an error code: SDM Vol. 3A, "Exception and Interrupt Reference". */
+MK_FAULT_PLAIN(0) MK_FAULT_PLAIN(1) MK_FAULT_PLAIN(2) MK_FAULT_PLAIN(3) MK_FAULT_PLAIN(4)
+MK_FAULT_PLAIN(5) MK_FAULT_PLAIN(6) MK_FAULT_PLAIN(7) MK_FAULT_CODE(8) MK_FAULT_PLAIN(9)
+MK_FAULT_CODE(10) MK_FAULT_CODE(11) MK_FAULT_CODE(12) MK_FAULT_CODE(13) MK_FAULT_CODE(14)
+MK_FAULT_PLAIN(15) MK_FAULT_PLAIN(16) MK_FAULT_CODE(17) MK_FAULT_PLAIN(18) MK_FAULT_PLAIN(19)
+MK_FAULT_PLAIN(20) MK_FAULT_CODE(21) MK_FAULT_PLAIN(22) MK_FAULT_PLAIN(23) MK_FAULT_PLAIN(24)
+MK_FAULT_PLAIN(25) MK_FAULT_PLAIN(26) MK_FAULT_PLAIN(27) MK_FAULT_PLAIN(28) MK_FAULT_CODE(29)
+MK_FAULT_CODE(30) MK_FAULT_PLAIN(31)
+
+/* 256 gates of 16 bytes (SDM Vol. 3A, "64-Bit Mode IDT"). */
+static uint64_t mk_idt[512] __attribute__((aligned(16)));
+
+/* A present, DPL 0, 64-bit interrupt gate. */
+static inline void mk_set_gate(unsigned vector, void *handler, unsigned ist) {
+    uint16_t cs;
+    __asm__ volatile("mov %%cs, %0" : "=r"(cs));
+    uint64_t h = (uint64_t)(uintptr_t)handler;
+    mk_idt[2 * vector] = (h & 0xffffull) | ((uint64_t)cs << 16) | ((uint64_t)(ist & 7u) << 32) |
+                         (0x8eull << 40) | (((h >> 16) & 0xffffull) << 48);
+    mk_idt[2 * vector + 1] = h >> 32;
+}
+
+/* Installs the IDT on this CPU and enables its local APIC timer (version 2 managers). */
+static inline void mk_irq_init(const struct mk_boot_info *bi) {
+    static void *const faults[32] = {
+        mk_fault_0,  mk_fault_1,  mk_fault_2,  mk_fault_3,  mk_fault_4,  mk_fault_5,  mk_fault_6,
+        mk_fault_7,  mk_fault_8,  mk_fault_9,  mk_fault_10, mk_fault_11, mk_fault_12, mk_fault_13,
+        mk_fault_14, mk_fault_15, mk_fault_16, mk_fault_17, mk_fault_18, mk_fault_19, mk_fault_20,
+        mk_fault_21, mk_fault_22, mk_fault_23, mk_fault_24, mk_fault_25, mk_fault_26, mk_fault_27,
+        mk_fault_28, mk_fault_29, mk_fault_30, mk_fault_31};
+    mk_fault_status = mk_status(bi);
+    mk_tsc_rate = bi->tsc_hz != 0 ? bi->tsc_hz : 1000000000ull;
+    for (unsigned v = 0; v < 32; v++) {
+        mk_set_gate(v, faults[v], 1); /* IST1: the slot's exception stack */
+    }
+    mk_set_gate(MK_TIMER_VECTOR, (void *)mk_timer_isr, 0);
+    mk_set_gate(MK_SPURIOUS_VECTOR, (void *)mk_spurious_isr, 0);
+    struct {
+        uint16_t limit;
+        uint64_t base;
+    } __attribute__((packed)) idtr = {sizeof mk_idt - 1, (uint64_t)(uintptr_t)mk_idt};
+    __asm__ volatile("lidt %0" ::"m"(idtr));
+    if (!mk_boot_info_has_v2(bi) || bi->lapic_timer_hz == 0) {
+        return;
+    }
+    uint64_t base = mk_rdmsr(MK_IA32_APIC_BASE);
+    if ((base & (1ull << 11)) == 0) {
+        return; /* globally disabled */
+    }
+    if (base & (1ull << 10)) {
+        mk_apic_mode = 2;
+    } else if (bi->lapic_base != 0 && (base & 0xffffffffff000ull) == bi->lapic_base) {
+        mk_apic_mmio = (volatile uint32_t *)(uintptr_t)bi->lapic_base;
+        mk_apic_mode = 1;
+    } else {
+        return;
+    }
+    mk_apic_timer_hz = bi->lapic_timer_hz;
+    mk_apic_write(0xf0u, 0x100u | MK_SPURIOUS_VECTOR); /* SVR: software enable */
+    mk_apic_write(0x3e0u, 0xbu);                       /* divide by 1 */
+    mk_apic_write(0x380u, 0u);                         /* timer stopped */
+    mk_apic_write(0x320u, MK_TIMER_VECTOR);            /* LVT timer: one-shot, unmasked */
+}
+
+/* Waits until the TSC reaches `deadline`, halting where the timer is usable. */
+static inline void mk_wait_until(uint64_t deadline) {
+    for (;;) {
+        uint64_t now = mk_rdtsc();
+        if (now >= deadline) {
+            break;
+        }
+        uint64_t left_us = (deadline - now) / (mk_tsc_rate / 1000000u + 1u);
+        if (mk_apic_mode == 0 || left_us < 20u) {
+            while (mk_rdtsc() < deadline) {
+                __asm__ volatile("pause");
+            }
+            break;
+        }
+        uint64_t count = left_us * (mk_apic_timer_hz / 1000000u);
+        mk_apic_write(0x380u, count > 0xffffffffull ? 0xffffffffu : (uint32_t)(count + 1u));
+        __asm__ volatile("sti; hlt; cli" ::: "memory");
+    }
+    if (mk_apic_mode != 0) {
+        mk_apic_write(0x380u, 0u);
+    }
+}
+
+/* Waits `ms` milliseconds (call mk_irq_init first for a halting wait). */
+static inline void mk_wait_ms(uint64_t ms) {
+    if (mk_tsc_rate == 0) {
+        mk_tsc_rate = 1000000000ull;
+    }
+    mk_wait_until(mk_rdtsc() + mk_tsc_rate / 1000u * ms);
+}
+
 #endif /* MULTIKERNEL_H */

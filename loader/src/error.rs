@@ -279,9 +279,7 @@ fn dt_advice(tag: u64) -> &'static str {
     match tag {
         DT_NEEDED => "the image needs a shared library; link it statically",
         DT_REL | DT_RELSZ => "x86-64 images use RELA relocations; relink with a standard linker",
-        crate::gabi::DT_RELR | crate::gabi::DT_RELRSZ => {
-            "relink without -z pack-relative-relocs"
-        }
+        crate::gabi::DT_RELR | crate::gabi::DT_RELRSZ => "relink without -z pack-relative-relocs",
         DT_PLTREL => "PLT relocations must be RELA (7)",
         _ => "relink as a static PIE",
     }

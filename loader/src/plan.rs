@@ -46,8 +46,8 @@ use goblin::elf64::reloc::Rela;
 use scroll::Pread;
 
 use crate::dynamic::{rela_tables, RelaTable};
-use crate::gabi::SIZEOF_RELA;
 use crate::error::LoadError;
+use crate::gabi::SIZEOF_RELA;
 use crate::region::{Region, PAGE_SIZE};
 
 /// Most program headers an image may have. Real kernels have fewer than 16 (vmlinux: ~5,

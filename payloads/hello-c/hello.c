@@ -5,8 +5,8 @@
  * Built freestanding as a static PIE (ET_DYN, R_X86_64_RELATIVE relocations only) so the
  * manager's loader can place it anywhere in the instance's region; see xtask/src/payloads.rs
  * for the exact compiler flags. It prints one line, "hello from C: name <name> apic <id>", to
- * the console ring, marks itself running and heartbeats forever (about every 10 ms of TSC
- * time when the manager reports the TSC rate). An invalid boot info parks the CPU without
+ * the console ring, marks itself running and heartbeats forever, about every 10 ms, halting
+ * in between (mk_irq_init, mk_wait_ms). An invalid boot info parks the CPU without
  * writing anything. The greeting is reached through a relocated pointer, so the line also
  * shows that the loader applied the image's relocations.
  */
@@ -21,8 +21,6 @@
  * compiler from folding the pointer away.
  */
 static const char *volatile greeting = "hello from C";
-/* Assumed when the manager reports tsc_hz = 0 (as the Rust SDK does). */
-#define FALLBACK_TSC_HZ 1000000000ull
 
 /* Appends a NUL-terminated string to buf at *len (never past cap). */
 static void append(char *buf, size_t cap, size_t *len, const char *s) {
@@ -50,10 +48,11 @@ static void append_u32(char *buf, size_t cap, size_t *len, uint32_t v) {
     }
 }
 
-__attribute__((noreturn)) void _start(const struct mk_boot_info *bi) {
-    if (!mk_boot_info_valid(bi)) {
+__attribute__((noreturn)) void _start(const struct mk_boot_info *bi, uint64_t cpu_index) {
+    if (!mk_boot_info_valid(bi) || cpu_index != 0) {
         mk_park();
     }
+    mk_irq_init(bi);
     struct mk_status_block *st = mk_status(bi);
     struct mk_console_ring *ring = mk_console(bi);
     mk_set_state(st, MK_STATE_RUNNING);
@@ -68,13 +67,8 @@ __attribute__((noreturn)) void _start(const struct mk_boot_info *bi) {
     append(line, sizeof line, &len, "\n");
     mk_ring_write(ring, line, len);
 
-    uint64_t hz = bi->tsc_hz != 0 ? bi->tsc_hz : FALLBACK_TSC_HZ;
-    uint64_t interval = hz / 1000u * HEARTBEAT_INTERVAL_MS;
     for (;;) {
         mk_heartbeat(st);
-        uint64_t start = mk_rdtsc();
-        while (mk_rdtsc() - start < interval) {
-            __asm__ volatile("pause");
-        }
+        mk_wait_ms(HEARTBEAT_INTERVAL_MS);
     }
 }

@@ -24,18 +24,11 @@
 
 #define WARMUP_MS 50u
 #define HEARTBEAT_INTERVAL_MS 10u
-#define FALLBACK_TSC_HZ 1000000000ull
 /* Canonical, but mapped in no instance's page tables. */
 #define UNMAPPED_ADDR 0x7fff00000000ull
 
-static uint64_t tsc_hz;
-
 static void wait_ms(uint64_t ms) {
-    uint64_t start = mk_rdtsc();
-    uint64_t ticks = tsc_hz / 1000u * ms;
-    while (mk_rdtsc() - start < ticks) {
-        __asm__ volatile("pause");
-    }
+    mk_wait_ms(ms);
 }
 
 static int starts_with(const char *s, const char *prefix) {
@@ -80,7 +73,7 @@ struct idt_pointer {
     uint64_t base;
 } __attribute__((packed));
 
-static uint64_t idt[2 * 32];
+static uint64_t idt[2 * 32] __attribute__((aligned(16)));
 
 static void install_silent_idt(void) {
     uint16_t cs;
@@ -93,6 +86,7 @@ static void install_silent_idt(void) {
         idt[2 * v + 1] = handler >> 32;
     }
     struct idt_pointer p = {sizeof idt - 1, (uint64_t)(uintptr_t)idt};
+    mk_apic_write(0x380u, 0u); /* no timer interrupt into the silent IDT */
     __asm__ volatile("lidt %0" ::"m"(p));
 }
 
@@ -106,7 +100,7 @@ __attribute__((noreturn)) void _start(const struct mk_boot_info *bi, uint64_t cp
     }
     struct mk_status_block *st = mk_status(bi);
     struct mk_console_ring *ring = mk_console(bi);
-    tsc_hz = bi->tsc_hz != 0 ? bi->tsc_hz : FALLBACK_TSC_HZ;
+    mk_irq_init(bi);
     mk_set_state(st, MK_STATE_RUNNING);
     const char *args = bi->args;
 

@@ -27,8 +27,11 @@
 //!   heartbeats are lost), so nothing writes through an unchecked pointer.
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
+#![feature(abi_x86_interrupt)]
 
 pub mod console;
+pub mod irq;
+pub mod lapic;
 pub mod time;
 
 #[cfg(target_os = "none")]
@@ -153,14 +156,29 @@ pub unsafe fn __start(boot_info: *const BootInfo) -> Context {
             unsafe { console::init(ring, data as *mut u8, capacity) };
         }
     }
+    // Version 2 names the local APIC and its timer rate: with them, waits halt.
+    if info.version >= 2 && info.size as usize >= core::mem::size_of::<BootInfo>() {
+        irq::init(info.lapic_base, info.lapic_timer_hz);
+    }
     if let Some(status) = status_block() {
         status.state.store(state::RUNNING, Ordering::Release);
     }
     Context { info }
 }
 
+/// This CPU's APIC ID (CPUID leaf 0Bh's x2APIC ID where the CPU has that leaf, else leaf 1's
+/// initial APIC ID: SDM Vol. 3A, "Identifying Logical Processors in an MP System").
+pub fn cpu_apic_id() -> u32 {
+    use core::arch::x86_64::__cpuid;
+    if __cpuid(0).eax >= 0xB {
+        __cpuid(0xB).edx
+    } else {
+        __cpuid(1).ebx >> 24
+    }
+}
+
 /// The status block, once `_start` has validated it.
-fn status_block() -> Option<&'static StatusBlock> {
+pub(crate) fn status_block() -> Option<&'static StatusBlock> {
     let p = STATUS.load(Ordering::Relaxed);
     // SAFETY: `STATUS` is either null or the status block address `__start` checked to lie,
     // aligned, inside the identity-mapped region; the block is only accessed through its

@@ -1,9 +1,10 @@
 //! Time from the TSC, at the frequency the manager calibrated (`BootInfo::tsc_hz`).
 //!
-//! The instance has no timer device: it reads the time stamp counter (`RDTSC`) and converts
-//! with the manager's calibration. When the manager reports 0 (unknown), the SDK assumes
-//! [`FALLBACK_TSC_HZ`], so delays stay bounded but may be off by the ratio of the real rate.
-//! Every wait here ends: it spins until a deadline computed up front.
+//! The instance reads the time stamp counter (`RDTSC`) and converts with the manager's
+//! calibration. When the manager reports 0 (unknown), the SDK assumes [`FALLBACK_TSC_HZ`], so
+//! delays stay bounded but may be off by the ratio of the real rate. Every wait here ends: it
+//! waits for a deadline computed up front, halting on the local APIC timer where it can
+//! ([`crate::irq`]).
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -61,20 +62,19 @@ impl Deadline {
         now_ticks() >= self.0
     }
 
-    /// Spins until the deadline has passed.
+    /// Waits until the deadline has passed, halting the CPU between timer interrupts when the
+    /// SDK could set the timer up (see [`crate::irq`]), spinning otherwise.
     pub fn wait(&self) {
-        while !self.expired() {
-            core::hint::spin_loop();
-        }
+        crate::irq::halt_until(self.0);
     }
 }
 
-/// Busy-waits `us` microseconds.
+/// Waits `us` microseconds.
 pub fn delay_us(us: u64) {
     Deadline::after_us(us).wait();
 }
 
-/// Busy-waits `ms` milliseconds.
+/// Waits `ms` milliseconds.
 pub fn delay_ms(ms: u64) {
     Deadline::after_ms(ms).wait();
 }
