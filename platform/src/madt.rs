@@ -380,8 +380,8 @@ impl Inventory {
 
 /// An inventory of xAPIC CPUs with these IDs, the first the BSP, those in `disabled` neither
 /// enabled nor online-capable: for tests of what consumes an inventory.
-#[cfg(test)]
-pub(crate) fn test_inventory(ids: &[u32], disabled: &[u32]) -> Inventory {
+#[cfg(any(test, feature = "sim"))]
+pub fn test_inventory(ids: &[u32], disabled: &[u32]) -> Inventory {
     Inventory {
         local_apic_address: 0xfee0_0000,
         flags: 0,

@@ -109,6 +109,29 @@ pub const QEMU: &str = "qemu-system-x86_64";
 pub const DEBUG_EXIT_DEVICE: &str = "isa-debug-exit,iobase=0xf4,iosize=0x04";
 
 impl Config {
+    /// A run of `image` on `firmware` with the defaults `cargo xtask run-qemu` uses (-smp 4,
+    /// 512 MiB, TCG, q35, QEMU's CPU model, 120 s), its log and scratch files in `work_dir`.
+    pub fn new(firmware: Firmware, image: PathBuf, work_dir: &Path, ovmf: Option<Ovmf>) -> Config {
+        Config {
+            firmware,
+            image,
+            smp: 4,
+            memory: "512M".into(),
+            accel: Accel::Tcg,
+            machine: "q35".into(),
+            cpu: None,
+            extra_args: Vec::new(),
+            timeout: Duration::from_secs(120),
+            serial_log: work_dir.join("serial.log"),
+            ovmf,
+            work_dir: work_dir.to_path_buf(),
+            echo: false,
+            interactive: false,
+            input: Vec::new(),
+            screendump_after: None,
+        }
+    }
+
     fn monitor_socket(&self) -> PathBuf {
         self.work_dir.join("monitor.sock")
     }

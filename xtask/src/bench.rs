@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bootproto::report::section;
-use qemu_tests::qemu::{self, Accel, Firmware, InputStep};
+use qemu_tests::qemu::{self, Firmware, InputStep};
 use qemu_tests::report::collect_sections;
 use serde_json::Value;
 
@@ -44,22 +44,10 @@ pub fn run(firmware: Firmware, runs: u32, restarts: u32, smp: u32) -> anyhow::Re
             (0..restarts).map(|_| InputStep::new("mk> ", "restart hello\r")).collect();
         input.push(InputStep::new("mk> ", "quit\r"));
         let cfg = qemu::Config {
-            firmware,
-            image,
             smp,
-            memory: "512M".into(),
-            accel: Accel::Tcg,
-            machine: "q35".into(),
-            cpu: None,
-            extra_args: vec![],
             timeout: Duration::from_secs(120 + 10 * restarts as u64),
-            serial_log: dir.join("serial.log"),
-            ovmf: ovmf.clone(),
-            work_dir: dir.clone(),
-            echo: false,
-            interactive: false,
             input,
-            screendump_after: None,
+            ..qemu::Config::new(firmware, image, &dir, ovmf.clone())
         };
         let outcome = qemu::run(&cfg)?;
         if !outcome.verdict.pass {

@@ -24,6 +24,7 @@ mod lint;
 mod manifest;
 mod payloads;
 mod prereq;
+mod soak;
 
 /// Build, boot and test the multikernel boot manager.
 #[derive(Parser, Debug)]
@@ -67,6 +68,16 @@ enum Cmd {
         /// Number of CPUs.
         #[arg(long, default_value_t = 4)]
         smp: u32,
+    },
+    /// Restart an instance many times next to hostile neighbours, then check that no frame,
+    /// heap byte or console line was lost (minutes; not part of `test`).
+    Soak {
+        /// Firmware to boot with.
+        #[arg(long, value_enum, default_value_t = RunFirmware::Bios)]
+        firmware: RunFirmware,
+        /// Restarts of the victim instance.
+        #[arg(long, default_value_t = 500)]
+        cycles: u32,
     },
     /// Check a manifest on the host without booting anything.
     ///
@@ -181,6 +192,9 @@ fn main() -> ExitCode {
             bench::run(firmware.into(), runs, restarts, smp).map(|()| ExitCode::SUCCESS)
         }
         Cmd::RunQemu(args) => cmd_run_qemu(args),
+        Cmd::Soak { firmware, cycles } => {
+            soak::run(firmware.into(), cycles).map(|()| ExitCode::SUCCESS)
+        }
         Cmd::Lint => cmd_lint(),
         Cmd::Test { filter, no_host, no_lint } => cmd_test(filter.as_deref(), no_host, no_lint),
         Cmd::Inspect(cmd) => inspect::run(cmd),
@@ -312,8 +326,6 @@ fn cmd_run_qemu(args: RunArgs) -> anyhow::Result<ExitCode> {
         &format!("qemu-{}", variant.name()),
     )?;
     let cfg = qemu::Config {
-        firmware,
-        image,
         smp: args.smp,
         memory: args.memory.clone(),
         accel: match args.accel {
@@ -322,15 +334,10 @@ fn cmd_run_qemu(args: RunArgs) -> anyhow::Result<ExitCode> {
         },
         machine: args.machine.clone(),
         cpu: args.cpu.clone(),
-        extra_args: vec![],
         timeout: Duration::from_secs(args.timeout),
-        serial_log: dir.join("serial.log"),
-        ovmf,
-        work_dir: dir.clone(),
         echo: true,
         interactive: args.interactive,
-        input: vec![],
-        screendump_after: None,
+        ..qemu::Config::new(firmware, image, &dir, ovmf)
     };
     eprintln!(
         "xtask: booting {} on {} with -smp {} -m {} ({}), timeout {} s",
@@ -462,22 +469,13 @@ fn cmd_test(filter: Option<&str>, no_host: bool, no_lint: bool) -> anyhow::Resul
         let image =
             build::build_image(&kernels[&s.kernel], ramdisk.as_deref(), s.firmware, &dir, "disk")?;
         let cfg = qemu::Config {
-            firmware: s.firmware,
-            image,
             smp: s.smp,
             memory: s.memory.into(),
-            accel: Accel::Tcg,
-            machine: "q35".into(),
             cpu: s.cpu.map(String::from),
-            extra_args: vec![],
             timeout: Duration::from_secs(s.timeout_secs),
-            serial_log: dir.join("serial.log"),
-            ovmf,
-            work_dir: dir.clone(),
-            echo: false,
-            interactive: false,
             input: s.input.iter().map(|(w, t)| qemu::InputStep::new(w, t)).collect(),
             screendump_after: s.screendump_after.map(String::from),
+            ..qemu::Config::new(s.firmware, image, &dir, ovmf)
         };
         let outcome = qemu::run(&cfg)?;
         let report = write_report(&cfg, &outcome, &dir)?;

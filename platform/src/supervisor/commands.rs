@@ -42,6 +42,12 @@ impl<M: Machine> Supervisor<'_, M> {
             Command::Log(name) => self.index_of(&name).map(Outcome::Log),
             Command::Stop(name) => {
                 let i = self.index_of(&name)?;
+                // Stopped between two restarts of its policy: cancelling the restart is the stop.
+                if self.instances[i].state == State::Stopped
+                    && self.instances[i].next_restart.take().is_some()
+                {
+                    return Ok(Outcome::Stopped(i));
+                }
                 self.stop(i).map_err(|error| CommandError::Stop { name, error })?;
                 Ok(Outcome::Stopped(i))
             }

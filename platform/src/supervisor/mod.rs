@@ -37,6 +37,8 @@ mod start;
 mod stop;
 mod watch;
 
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 #[cfg(test)]
 mod tests;
 

@@ -27,9 +27,11 @@ use super::{console, Supervisor, PARK_TIMEOUT_US};
 const PARK_POLL_US: u64 = 100;
 
 impl<M: Machine> Supervisor<'_, M> {
-    /// Stops instance `i` (the shell's `stop`, and the first half of a restart).
+    /// Stops instance `i` (the shell's `stop`, and the first half of a restart). A restart the
+    /// policy had scheduled is cancelled (the policy schedules its own after stopping).
     pub fn stop(&mut self, i: usize) -> Result<(), StopError> {
         let t0 = self.m.now_us();
+        self.instances[i].next_restart = None;
         let inst = &self.instances[i];
         lifecycle::can_stop(inst.state, inst.resources.is_some() && !inst.quarantined)
             .map_err(StopError::Transition)?;
