@@ -174,7 +174,7 @@ impl Sim {
         if self.is_park_page(page) {
             let log = page + trampoline::HEADER_OFFSET as u64;
             let n = self.r32(log);
-            self.w32(log, n + 1);
+            self.w32(log, n.wrapping_add(1));
             if (n as usize) < trampoline::PARK_LOG_CAPACITY {
                 self.w32(log + 8 + 4 * u64::from(n), id);
             }
@@ -182,13 +182,13 @@ impl Sim {
             return;
         }
         let h = page + trampoline::HEADER_OFFSET as u64;
-        self.w32(h + 0x4c, self.r32(h + 0x4c) + 1);
+        self.w32(h + 0x4c, self.r32(h + 0x4c).wrapping_add(1));
         let (table, len) = (u64::from(self.r32(h + 0x40)), self.r32(h + 0x44));
         let found = (0..u64::from(len))
             .map(|i| table + 32 * i)
             .find(|&e| self.r32(e) == id && self.r32(e + 4) == trampoline::ARMED);
         let Some(e) = found else {
-            self.w32(h + 0x50, self.r32(h + 0x50) + 1);
+            self.w32(h + 0x50, self.r32(h + 0x50).wrapping_add(1));
             self.w32(h + 0x54, id);
             self.cpus.get_mut(&id).unwrap().mode = Mode::Halted;
             return;
@@ -273,7 +273,7 @@ impl Sim {
         while run.next_tick <= self.now {
             run.next_tick += 10_000;
             let hb = status + offset_of!(StatusBlock, heartbeat) as u64;
-            self.w64(hb, self.r64(hb) + 1);
+            self.w64(hb, self.r64(hb).wrapping_add(1));
             if run.ticks < lines {
                 run.ticks += 1;
                 let line = format!("{name}: tick {}\n", run.ticks);
@@ -559,6 +559,61 @@ pub fn run_for<M: Machine>(sup: &mut Supervisor<'_, M>, ms: u64) {
         sup.poll();
         sup.m.wait_us(POLL_INTERVAL_US);
     }
+}
+
+/// The `shared` fuzz target's script, kept here so host tests replay its corpus.
+///
+/// Two instances boot; each 12-byte step writes an 8-byte value (little-endian, at a fuzzed
+/// width) at a fuzzed offset of one of the victim's shared areas (status block, console ring
+/// header and data, CPU slot, the park log) or runs a shell command on it, then lets time pass.
+/// Afterwards the well-behaved neighbour must still be running with every line delivered.
+/// Panics (the fuzzer's finding) if the supervisor panicked or the neighbour was disturbed.
+pub fn shared_memory_script(data: &[u8]) {
+    use crate::shell::Command;
+    let w = World::new(4, vec![spec("victim", 1), spec("good", 2)]);
+    let mut sim = w.sim();
+    sim.behaviors.insert("good".into(), Behavior::Good { lines: 4 });
+    let mut sup = w.supervisor(sim, FACTS);
+    sup.boot().unwrap();
+    let pages = sup.pages.unwrap();
+    for step in data.as_chunks::<12>().0.iter().take(64) {
+        let (what, width, offset) = (step[0], step[1] % 4, u16::from_le_bytes([step[2], step[3]]));
+        let value = u64::from_le_bytes(step[4..12].try_into().unwrap());
+        let layout = sup.instances[0].loaded.as_ref().map(|l| l.layout);
+        let target = match (what % 8, layout) {
+            (0, Some(l)) => Some(l.status + u64::from(offset % 80)),
+            (1, Some(l)) => Some(l.console + u64::from(offset % 32)),
+            (2, Some(l)) => Some(l.console + 24 + u64::from(offset) % 8192),
+            (3, Some(l)) => Some(l.slot(0) + u64::from(offset % 0x1000)),
+            (4, _) => Some(pages.park_page + 0x800 + u64::from(offset % 0x800)),
+            (5, _) => {
+                let cmd = match value % 3 {
+                    0 => Command::Stop("victim".into()),
+                    1 => Command::Start("victim".into()),
+                    _ => Command::Restart("victim".into()),
+                };
+                let _ = sup.execute(cmd);
+                None
+            }
+            _ => None,
+        };
+        if let Some(at) = target {
+            let n = 1usize << width;
+            for (i, b) in value.to_le_bytes()[..n].iter().enumerate() {
+                sup.m.set(at + i as u64, *b);
+            }
+        }
+        for _ in 0..=(step[1] >> 4) {
+            sup.poll();
+            sup.m.wait_us(2_000);
+        }
+    }
+    // Let the neighbour finish its lines, then check it was not disturbed.
+    run_for(&mut sup, 80);
+    let good = &sup.instances[1];
+    assert_eq!(good.state, crate::lifecycle::State::Running, "{:?}", good.reason);
+    assert_eq!(good.console.lines, 4, "the neighbour lost console lines");
+    assert_eq!(good.console.dropped, 0);
 }
 
 pub fn events_with<'a>(sup: &'a Supervisor<'_, Sim>, needle: &str) -> Vec<&'a String> {

@@ -329,3 +329,18 @@ fn a_silent_heartbeat_is_a_hang_that_the_policy_restarts() {
     // The first life's CPU was parked before the restart.
     assert!(events_with(&sup, "instance 'stuck': running -> hung").len() == 2);
 }
+
+/// The `shared` fuzz target's corpus (`platform/fuzz/corpus/shared/`), replayed without the
+/// fuzzer: every input that once found new coverage, and every input that once crashed it.
+#[test]
+fn shared_fuzz_corpus_replays_cleanly() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/shared");
+    let mut inputs: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    inputs.sort();
+    assert!(inputs.len() >= 50, "{} lost its seeds", dir.display());
+    for path in inputs {
+        let data = std::fs::read(&path).unwrap();
+        let run = std::panic::catch_unwind(|| sim::shared_memory_script(&data));
+        assert!(run.is_ok(), "{} fails the shared-memory script", path.display());
+    }
+}
