@@ -329,12 +329,17 @@ static inline uint32_t mk_cpu_apic_id(void) {
 
 struct mk_interrupt_frame;
 
-__attribute__((interrupt)) static void mk_timer_isr(struct mk_interrupt_frame *f) {
+/* An interrupt handler. GCC saves only the general registers in one, so the handler itself is
+ * compiled without SSE; build the whole payload with -mgeneral-regs-only (as xtask does) so
+ * that nothing it calls touches the vector registers either. */
+#define MK_ISR __attribute__((interrupt, target("general-regs-only")))
+
+MK_ISR static void mk_timer_isr(struct mk_interrupt_frame *f) {
     (void)f;
     mk_apic_write(0xb0u, 0u); /* EOI */
 }
 
-__attribute__((interrupt)) static void mk_spurious_isr(struct mk_interrupt_frame *f) {
+MK_ISR static void mk_spurious_isr(struct mk_interrupt_frame *f) {
     (void)f;
 }
 
@@ -362,12 +367,11 @@ static inline __attribute__((noreturn)) void mk_record_fault(uint64_t vector, ui
 }
 
 #define MK_FAULT_PLAIN(v)                                                                        \
-    __attribute__((interrupt)) static void mk_fault_##v(struct mk_interrupt_frame *f) {         \
+    MK_ISR static void mk_fault_##v(struct mk_interrupt_frame *f) {                              \
         mk_record_fault(v, 0, f);                                                                \
     }
 #define MK_FAULT_CODE(v)                                                                         \
-    __attribute__((interrupt)) static void mk_fault_##v(struct mk_interrupt_frame *f,           \
-                                                        uint64_t code) {                         \
+    MK_ISR static void mk_fault_##v(struct mk_interrupt_frame *f, uint64_t code) {               \
         mk_record_fault(v, code, f);                                                             \
     }
 /* Vectors that push an error code: SDM Vol. 3A, "Exception and Interrupt Reference". */
