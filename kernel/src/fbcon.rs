@@ -4,28 +4,32 @@
 //! Design:
 //! - The framebuffer is the one the bootloader set up (VBE on BIOS, GOP on UEFI) and describes
 //!   in `BootInfo::framebuffer`; [`init`] takes it, clears it and keeps it in a `spin::Mutex`.
-//! - Where each character goes (wrapping, newlines, when to scroll) is decided by the pure,
-//!   host-tested [`platform::textgrid::Cursor`]; this module only moves pixels.
+//! - Text goes into an in-memory screen ([`platform::textgrid::Screen`], host-tested): writing
+//!   costs a few stores per character, and scrolling moves cells, not pixels. The pixels are
+//!   drawn by [`flush`], only for cells that differ from what is on display, from
+//!   [`flush_if_due`] (called on every write and while the manager waits) and at once on a
+//!   panic. A drawing is due [`FLUSH_EVERY_US`] after the last one, or later if the last one
+//!   was slow: drawing takes at most a tenth of the manager's time ([`MAX_DRAW_SHARE`]). So
+//!   the log's volume does not decide the manager's speed: under QEMU with 255 vCPUs a full
+//!   screen took 180 ms to draw, and drawing every line of a 254-instance boot cost seconds.
 //! - Glyphs come from `noto-sans-mono-bitmap` (16 px, the font the bootloader's own logger
-//!   uses). Its pixels are intensities, drawn as a foreground colour scaled over black.
-//! - Scrolling copies whole pixel rows up with `copy_within` and blanks the freed rows. It jumps
-//!   by a quarter of the screen at a time: the copy *reads* video memory, which real machines
-//!   map uncached or write-combining (slow to read), so fewer, larger scrolls cost far less.
-//! - No heap, no interrupts: [`init`] may run first thing in `kernel_main`.
+//!   uses). Each printable glyph is rendered once per ink into the framebuffer's pixel format
+//!   at [`init`], so drawing a cell is 16 row copies.
 //!
 //! Limits: printable ASCII only (anything else is drawn as `?`, a tab as a space); two colours,
-//! normal and error ([`write_error_str`]); pixel formats RGB and BGR with 3 or 4 bytes per
-//! pixel and 8-bit grayscale with 1 to 4 (grayscale shows both colours alike). Any other format
-//! or an inconsistent layout means no console: every write is then silently dropped.
-//! Writers never block and never panic: if the console is busy the text is dropped (serial
-//! still has it), and the panic handler uses [`emergency_write_str`], which takes the console
-//! even from the code it interrupted.
+//! normal and error; pixel formats RGB and BGR with 3 or 4 bytes per pixel and 8-bit grayscale
+//! with 1 to 4 (grayscale shows both colours alike). Any other format or an inconsistent layout
+//! means no console: every write is then silently dropped. Writers never block and never
+//! panic: if the console is busy the text is dropped (serial still has it), and the panic
+//! handler uses [`emergency_write_str`], which takes the console even from the code it
+//! interrupted and draws at once.
 
 use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use bootloader_api::info::{FrameBuffer, FrameBufferInfo, PixelFormat};
 use noto_sans_mono_bitmap::{get_raster, get_raster_width, FontWeight, RasterHeight};
-use platform::textgrid::{Cursor, Step};
+use platform::textgrid::Screen;
 use spin::Mutex;
 
 const FONT_WEIGHT: FontWeight = FontWeight::Regular;
@@ -34,16 +38,22 @@ const GLYPH_WIDTH_PX: usize = get_raster_width(FONT_WEIGHT, FONT_SIZE);
 const LINE_HEIGHT_PX: usize = FONT_SIZE.val();
 /// Blank border around the text (some monitors and TVs crop the edges of the picture).
 const MARGIN_PX: usize = 8;
-/// Scrolling frees `rows / SCROLL_DIVISOR` rows at a time (at least one).
-const SCROLL_DIVISOR: usize = 4;
 /// Foreground colours as (red, green, blue).
 const NORMAL_RGB: [u8; 3] = [0xd0, 0xd0, 0xd0];
 const ERROR_RGB: [u8; 3] = [0xff, 0x50, 0x50];
+/// The screen is redrawn at most this often (unless a panic forces it).
+pub const FLUSH_EVERY_US: u64 = 100_000;
+/// Drawing may take at most 1 / `MAX_DRAW_SHARE` of the time: after a drawing that took `d`,
+/// the next waits at least `(MAX_DRAW_SHARE - 1) * d`.
+pub const MAX_DRAW_SHARE: u64 = 10;
+/// The glyphs rendered at init: printable ASCII.
+const FIRST_GLYPH: u8 = b' ';
+const GLYPHS: usize = (b'~' - b' ' + 1) as usize;
 
 #[derive(Clone, Copy)]
 enum Ink {
-    Normal,
-    Error,
+    Normal = 0,
+    Error = 1,
 }
 
 #[derive(Clone, Copy)]
@@ -55,20 +65,34 @@ enum Format {
 
 struct Console {
     pixels: &'static mut [u8],
-    format: Format,
     bytes_per_pixel: usize,
     stride_bytes: usize,
-    cursor: Cursor,
+    screen: Screen,
+    /// Each printable glyph in each ink, as pixel rows in the framebuffer's format:
+    /// `[ink][glyph][row][GLYPH_WIDTH_PX * bytes_per_pixel]`, flattened.
+    glyphs: alloc::vec::Vec<u8>,
 }
 
 static CONSOLE: Mutex<Option<Console>> = Mutex::new(None);
+/// When the screen was last drawn (µs since boot).
+static LAST_FLUSH_US: AtomicU64 = AtomicU64::new(0);
+/// How long the last drawing took (µs).
+static LAST_DRAW_US: AtomicU64 = AtomicU64::new(0);
+/// How many drawings there were and how long they took in total (for the report).
+static DRAWS: AtomicU64 = AtomicU64::new(0);
+static DRAW_US: AtomicU64 = AtomicU64::new(0);
 
-/// Takes the framebuffer, clears it and makes it the console. Call once; a later call replaces
-/// the console. With an unsupported format or layout there is no console (writes are dropped).
+/// (drawings, µs spent drawing) since boot.
+pub fn draw_stats() -> (u64, u64) {
+    (DRAWS.load(Ordering::Relaxed), DRAW_US.load(Ordering::Relaxed))
+}
+
+/// Takes the framebuffer, clears it and makes it the console (needs the heap, for the text
+/// screen). Call once; a later call replaces the console. With an unsupported format or layout
+/// there is no console (writes are dropped).
 ///
 /// The caller takes the framebuffer out of the boot info, which moves it out for good:
-/// `if let Some(fb) = boot_info.framebuffer.take() { fbcon::init(fb) }`. (Taking it by value
-/// rather than `boot_info.framebuffer.as_mut()` keeps `boot_info` usable afterwards.)
+/// `if let Some(fb) = boot_info.framebuffer.take() { fbcon::init(fb) }`.
 pub fn init(fb: FrameBuffer) {
     let info = fb.info();
     let console = Console::new(fb.into_buffer(), info);
@@ -82,29 +106,47 @@ pub fn write_str(s: &str) {
     if let Some(c) = CONSOLE.try_lock().as_mut().and_then(|g| g.as_mut()) {
         c.write(s, Ink::Normal);
     }
+    flush_if_due();
 }
 
-/// Writes `s` in the error colour; drops it if the console is busy or absent.
-#[allow(dead_code, reason = "for callers that report a failure on screen, e.g. the supervisor")]
-pub fn write_error_str(s: &str) {
-    if let Some(c) = CONSOLE.try_lock().as_mut().and_then(|g| g.as_mut()) {
-        c.write(s, Ink::Error);
-    }
-}
-
-/// Writes `s` in the error colour even if the console is locked. Only for the panic (and
-/// CPU exception) handlers, which never return to the code they interrupted.
+/// Writes `s` in the error colour even if the console is locked, and draws at once. Only for
+/// the panic (and CPU exception) handlers, which never return to the code they interrupted.
 pub fn emergency_write_str(s: &str) {
     if CONSOLE.is_locked() {
         // SAFETY: only the panic and exception handlers call this, and the CPU running them is
         // the only one that runs manager code (the other CPUs run instance kernels, which never
         // touch this static). So the lock's holder is the code this CPU was running when it
-        // failed, and it never resumes: the handlers halt. At worst a half-drawn glyph or
-        // scroll stays on screen; the cursor is always valid, so drawing from it is sound.
+        // failed, and it never resumes: the handlers halt. At worst a half-drawn row stays on
+        // screen; the text screen is always consistent, so drawing from it is sound.
         unsafe { CONSOLE.force_unlock() };
     }
     if let Some(c) = CONSOLE.try_lock().as_mut().and_then(|g| g.as_mut()) {
         c.write(s, Ink::Error);
+        c.draw_changes();
+    }
+}
+
+/// Draws what changed, if a drawing is due (see the module docs).
+pub fn flush_if_due() {
+    let now = crate::time::micros_since_boot();
+    let gap = FLUSH_EVERY_US.max(LAST_DRAW_US.load(Ordering::Relaxed) * (MAX_DRAW_SHARE - 1));
+    if now.saturating_sub(LAST_FLUSH_US.load(Ordering::Relaxed)) >= gap {
+        flush();
+    }
+}
+
+/// Draws the cells that changed since the last drawing.
+pub fn flush() {
+    if let Some(c) = CONSOLE.try_lock().as_mut().and_then(|g| g.as_mut()) {
+        let start = crate::time::micros_since_boot();
+        if c.draw_changes() == 0 {
+            return;
+        }
+        let end = crate::time::micros_since_boot();
+        LAST_FLUSH_US.store(end, Ordering::Relaxed);
+        LAST_DRAW_US.store(end - start, Ordering::Relaxed);
+        DRAWS.fetch_add(1, Ordering::Relaxed);
+        DRAW_US.fetch_add(end - start, Ordering::Relaxed);
     }
 }
 
@@ -145,64 +187,75 @@ impl Console {
         }
         let cols = info.width.saturating_sub(2 * MARGIN_PX) / GLYPH_WIDTH_PX;
         let rows = info.height.saturating_sub(2 * MARGIN_PX) / LINE_HEIGHT_PX;
-        let cursor = Cursor::new(cols, rows, rows / SCROLL_DIVISOR)?;
+        let screen = Screen::new(cols, rows)?;
         pixels.fill(0);
-        Some(Self { pixels, format, bytes_per_pixel: bpp, stride_bytes, cursor })
+        let glyph_bytes = LINE_HEIGHT_PX * GLYPH_WIDTH_PX * bpp;
+        let mut glyphs = alloc::vec![0u8; 2 * GLYPHS * glyph_bytes];
+        for (ink, per_ink) in
+            [Ink::Normal, Ink::Error].into_iter().zip(glyphs.chunks_mut(GLYPHS * glyph_bytes))
+        {
+            for (g, out) in per_ink.chunks_mut(glyph_bytes).enumerate() {
+                let c = char::from(FIRST_GLYPH + g as u8);
+                let Some(raster) = get_raster(c, FONT_WEIGHT, FONT_SIZE) else { continue };
+                let pixels_out = out.chunks_exact_mut(bpp);
+                let intensities = raster.raster().iter().flat_map(|row| row.iter());
+                for (px, &intensity) in pixels_out.zip(intensities) {
+                    let mut p = [0u8; 4];
+                    format.encode(ink, intensity, &mut p);
+                    px.copy_from_slice(&p[..bpp]);
+                }
+            }
+        }
+        Some(Self { pixels, bytes_per_pixel: bpp, stride_bytes, screen, glyphs })
     }
 
     fn write(&mut self, s: &str, ink: Ink) {
         for c in s.chars() {
-            let Step { scroll, draw } = self.cursor.put(c);
-            if scroll > 0 {
-                self.scroll(scroll);
-            }
-            if let Some(cell) = draw {
-                self.draw_glyph(cell.col, cell.row, cell.byte, ink);
-            }
+            self.screen.put(c, ink as u8);
         }
     }
 
-    /// Byte offset of text row `row`'s first pixel row.
-    fn row_offset(&self, row: usize) -> usize {
-        (MARGIN_PX + row * LINE_HEIGHT_PX) * self.stride_bytes
+    /// Draws every cell that differs from what is on display; returns how many.
+    fn draw_changes(&mut self) -> usize {
+        let Console { pixels, bytes_per_pixel: bpp, stride_bytes, screen, glyphs } = self;
+        let (bpp, stride) = (*bpp, *stride_bytes);
+        let row_bytes = GLYPH_WIDTH_PX * bpp;
+        let glyph_bytes = LINE_HEIGHT_PX * row_bytes;
+        screen.draw_changes(|col, row, byte, ink| {
+            let ink = usize::from(ink == Ink::Error as u8);
+            let g = usize::from(byte.saturating_sub(FIRST_GLYPH)).min(GLYPHS - 1);
+            let start = (ink * GLYPHS + g) * glyph_bytes;
+            let Some(glyph) = glyphs.get(start..start + glyph_bytes) else { return };
+            let x = (MARGIN_PX + col * GLYPH_WIDTH_PX) * bpp;
+            let top = (MARGIN_PX + row * LINE_HEIGHT_PX) * stride;
+            for (y, src) in glyph.chunks_exact(row_bytes).enumerate() {
+                let at = top + y * stride + x;
+                if let Some(dst) = pixels.get_mut(at..at + row_bytes) {
+                    copy_row(dst, src);
+                }
+            }
+        })
     }
+}
 
-    /// Moves text rows `n..rows` up to `0..rows - n` and blanks the last `n` rows.
-    fn scroll(&mut self, n: usize) {
-        let rows = self.cursor.rows();
-        let (top, from, end) = (self.row_offset(0), self.row_offset(n), self.row_offset(rows));
-        // `Console::new` checked that the whole grid, margins included, fits in `pixels`.
-        if n <= rows && end <= self.pixels.len() {
-            self.pixels.copy_within(from..end, top);
-            let freed = self.row_offset(rows - n);
-            if let Some(bottom) = self.pixels.get_mut(freed..end) {
-                bottom.fill(0);
-            }
-        }
+/// Copies one glyph row (a few dozen bytes) eight bytes at a time. `copy_from_slice` would
+/// call `memcpy`, whose `rep movsb` QEMU's TCG runs a byte per step: drawing a screen that way
+/// took 100 times longer.
+fn copy_row(dst: &mut [u8], src: &[u8]) {
+    let (d8, d_rest) = dst.as_chunks_mut::<8>();
+    let (s8, s_rest) = src.as_chunks::<8>();
+    for (d, s) in d8.iter_mut().zip(s8) {
+        *d = u64::from_ne_bytes(*s).to_ne_bytes();
     }
-
-    fn draw_glyph(&mut self, col: usize, row: usize, byte: u8, ink: Ink) {
-        let Some(glyph) = get_raster(char::from(byte), FONT_WEIGHT, FONT_SIZE) else { return };
-        let bpp = self.bytes_per_pixel;
-        let x_bytes = (MARGIN_PX + col * GLYPH_WIDTH_PX) * bpp;
-        let mut line = [0u8; GLYPH_WIDTH_PX * 4];
-        for (y, intensities) in glyph.raster().iter().enumerate() {
-            for (px, &i) in line.chunks_exact_mut(bpp).zip(intensities.iter()) {
-                self.format.encode(ink, i, px);
-            }
-            let start = self.row_offset(row) + y * self.stride_bytes + x_bytes;
-            let len = GLYPH_WIDTH_PX * bpp;
-            if let Some(dst) = self.pixels.get_mut(start..start + len) {
-                dst.copy_from_slice(&line[..len]);
-            }
-        }
+    for (d, s) in d_rest.iter_mut().zip(s_rest) {
+        *d = *s;
     }
 }
 
 impl Format {
     /// Writes one pixel of `ink` at `intensity` (0 = background) into `px`
     /// (`bytes_per_pixel` bytes; a fourth byte is padding and stays 0).
-    fn encode(self, ink: Ink, intensity: u8, px: &mut [u8]) {
+    fn encode(self, ink: Ink, intensity: u8, px: &mut [u8; 4]) {
         let [r, g, b] = match ink {
             Ink::Normal => NORMAL_RGB,
             Ink::Error => ERROR_RGB,

@@ -77,8 +77,16 @@ impl Clock for Bsp {
         time::micros_since_boot()
     }
 
+    /// Waits `us`, feeding the serial console from its queue meanwhile: while bytes are
+    /// queued the BSP sleeps only until the UART's FIFO would be empty again.
     fn wait_us(&mut self, us: u64) {
-        halt_until(&self.lapic, self.timer_hz, Deadline::after_micros(us));
+        let deadline = Deadline::after_micros(us);
+        crate::fbcon::flush_if_due();
+        while crate::serial::drain_until(&deadline) && !deadline.passed() {
+            let fifo = Deadline::after_micros(crate::uart::FIFO_DRAIN_US);
+            halt_until(&self.lapic, self.timer_hz, fifo.min(deadline));
+        }
+        halt_until(&self.lapic, self.timer_hz, deadline);
     }
 
     fn tsc_to_us(&self, tsc: u64) -> u64 {

@@ -18,6 +18,8 @@ pub enum Verdict {
 
 /// Ends the run: exits QEMU with the verdict where that is possible, otherwise halts forever.
 pub fn finish(verdict: Verdict) -> ! {
+    crate::fbcon::flush();
+    crate::serial::flush();
     #[cfg(feature = "qemu-exit")]
     {
         let mut port = x86_64::instructions::port::Port::<u32>::new(ISA_DEBUG_EXIT_PORT);

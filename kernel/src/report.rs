@@ -72,7 +72,7 @@ impl Line {
 
     pub fn emit(&mut self) {
         self.buf.push('}');
-        crate::serial::print(format_args!("{REPORT_PREFIX}{}\n", self.buf));
+        crate::serial::print_serial_only(format_args!("{REPORT_PREFIX}{}\n", self.buf));
     }
 }
 

@@ -104,7 +104,7 @@ pub fn micros_to_ticks(us: u64) -> u64 {
 }
 
 /// A point in time after which a bounded wait gives up.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Deadline(u64);
 
 impl Deadline {

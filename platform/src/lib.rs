@@ -15,6 +15,7 @@ pub mod apstart;
 pub mod bundle;
 pub mod frames;
 pub mod lifecycle;
+pub mod logbuf;
 pub mod madt;
 pub mod memmap;
 pub mod pagetable;

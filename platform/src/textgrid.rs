@@ -1,9 +1,9 @@
-//! The cursor of a text console: which cell the next character goes to, and when the screen
-//! must scroll.
+//! A text console's logic: the cursor (which cell the next character goes to, and when the
+//! screen must scroll) and the screen of text behind it.
 //!
-//! The framebuffer console (`kernel/src/fbcon.rs`) draws pixels; this module decides where.
-//! It keeps no characters: scrolling is done by the renderer (moving its pixel rows up and
-//! blanking the rows freed at the bottom), so the only state is the cursor.
+//! The framebuffer console (`kernel/src/fbcon.rs`) draws pixels; this module decides what.
+//! [`Cursor`] alone turns characters into drawing steps; [`Screen`] keeps the text itself and
+//! what was last drawn, so the renderer can draw late, rarely, and only the cells that changed.
 //!
 //! Scrolling jumps by `scroll_rows` rows at a time (chosen at [`Cursor::new`]). A renderer that
 //! scrolls by copying pixels must *read* video memory, which is uncached on real machines and
@@ -23,6 +23,8 @@
 //! `cols > 0`, `rows > 0`, `1 <= scroll_rows <= rows`, `row < rows`, `col <= cols`
 //! (`col == cols` means a wrap is pending).
 //! Every [`Step::draw`] names a cell inside the grid.
+
+use alloc::vec::Vec;
 
 /// What the renderer must do for one character, in this order: scroll, then draw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,9 +113,131 @@ impl Cursor {
     }
 }
 
+/// A screen of text kept in memory: what a console renderer draws, when it chooses to.
+/// Writing costs a few memory stores per character. The screen also remembers what the
+/// renderer last drew in each cell, so [`Screen::draw_changes`] hands out only the cells whose
+/// glyph or ink differ from what is on display. Scrolling moves the text, not the record of
+/// what is drawn, so after a scroll most cells differ and are drawn again.
+#[derive(Clone, Debug)]
+pub struct Screen {
+    cursor: Cursor,
+    /// `cols * rows` (glyph byte, ink) pairs, row after row; blank cells hold a space.
+    cells: Vec<(u8, u8)>,
+    /// What the renderer drew last in each cell (a new screen is blank, as the renderer's
+    /// cleared display is).
+    drawn: Vec<(u8, u8)>,
+}
+
+/// A blank cell: a space in ink 0.
+const BLANK: (u8, u8) = (b' ', 0);
+
+impl Screen {
+    /// A blank `cols` x `rows` screen that scrolls one row at a time; `None` if it has no cells.
+    pub fn new(cols: usize, rows: usize) -> Option<Self> {
+        let cursor = Cursor::new(cols, rows, 1)?;
+        let cells = alloc::vec![BLANK; cols.checked_mul(rows)?];
+        Some(Screen { cursor, drawn: cells.clone(), cells })
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cursor.cols()
+    }
+
+    pub fn rows(&self) -> usize {
+        self.cursor.rows()
+    }
+
+    /// Writes `c` in `ink` at the cursor.
+    pub fn put(&mut self, c: char, ink: u8) {
+        let Step { scroll, draw } = self.cursor.put(c);
+        let cols = self.cursor.cols();
+        if scroll > 0 {
+            let moved = scroll.saturating_mul(cols).min(self.cells.len());
+            self.cells.copy_within(moved.., 0);
+            let len = self.cells.len();
+            self.cells[len - moved..].fill(BLANK);
+        }
+        if let Some(cell) = draw {
+            if let Some(slot) = self.cells.get_mut(cell.row * cols + cell.col) {
+                *slot = (cell.byte, ink);
+            }
+        }
+    }
+
+    /// Row `row`'s cells (empty past the last row).
+    pub fn row(&self, row: usize) -> &[(u8, u8)] {
+        let cols = self.cursor.cols();
+        self.cells.get(row * cols..(row + 1) * cols).unwrap_or(&[])
+    }
+
+    /// Calls `draw(col, row, byte, ink)` for every cell that differs from what was drawn
+    /// last, and records it as drawn. Returns how many cells that was.
+    pub fn draw_changes(&mut self, mut draw: impl FnMut(usize, usize, u8, u8)) -> usize {
+        let cols = self.cursor.cols();
+        let mut n = 0;
+        for (i, (cell, drawn)) in self.cells.iter().zip(self.drawn.iter_mut()).enumerate() {
+            if cell != drawn {
+                draw(i % cols, i / cols, cell.0, cell.1);
+                *drawn = *cell;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Forgets what was drawn (the display was cleared or overwritten): the next
+    /// [`Screen::draw_changes`] draws every cell that is not blank.
+    pub fn forget_drawn(&mut self) {
+        self.drawn.fill(BLANK);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_screen_keeps_text_and_hands_out_only_changed_cells() {
+        let changes = |s: &mut Screen| {
+            let mut v = Vec::new();
+            s.draw_changes(|c, r, b, i| v.push((c, r, b, i)));
+            v
+        };
+        let mut s = Screen::new(4, 2).unwrap();
+        assert!(changes(&mut s).is_empty(), "a new screen is blank, like the cleared display");
+        for c in "ab\ncd".chars() {
+            s.put(c, 1);
+        }
+        assert_eq!(s.row(0), [(b'a', 1), (b'b', 1), (b' ', 0), (b' ', 0)]);
+        assert_eq!(
+            changes(&mut s),
+            [(0, 0, b'a', 1), (1, 0, b'b', 1), (0, 1, b'c', 1), (1, 1, b'd', 1)]
+        );
+        assert!(changes(&mut s).is_empty(), "drawn cells are not handed out again");
+        s.put('e', 1);
+        assert_eq!(changes(&mut s), [(2, 1, b'e', 1)], "one new character, one cell");
+        s.put('\n', 0);
+        s.put('f', 2);
+        assert_eq!(s.row(0), [(b'c', 1), (b'd', 1), (b'e', 1), (b' ', 0)]);
+        assert_eq!(s.row(1), [(b'f', 2), (b' ', 0), (b' ', 0), (b' ', 0)]);
+        // The scroll moved text: every cell whose content differs from the display is drawn,
+        // including the blanks where text was.
+        assert_eq!(
+            changes(&mut s),
+            [
+                (0, 0, b'c', 1),
+                (1, 0, b'd', 1),
+                (2, 0, b'e', 1),
+                (0, 1, b'f', 2),
+                (1, 1, b' ', 0),
+                (2, 1, b' ', 0)
+            ]
+        );
+        s.forget_drawn();
+        assert_eq!(changes(&mut s).len(), 4, "after forgetting, every non-blank cell");
+        assert!(s.row(2).is_empty());
+        assert!(Screen::new(0, 3).is_none());
+    }
 
     fn run(cur: &mut Cursor, s: &str) -> Vec<Step> {
         s.chars().map(|c| cur.put(c)).collect()
