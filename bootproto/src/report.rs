@@ -18,6 +18,8 @@ pub mod section {
     pub const INSTANCES: &str = "instances";
     pub const IPIS: &str = "ipis";
     pub const FRAMES: &str = "frames";
+    pub const TIMELINE: &str = "timeline";
+    pub const CONSOLE: &str = "console";
 }
 
 /// `-device isa-debug-exit,iobase=0xf4,iosize=0x04` (QEMU docs, "isa-debug-exit").

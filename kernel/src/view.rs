@@ -219,6 +219,29 @@ pub fn emit_report(sup: &Supervisor<'_, crate::machine::Bsp>) {
         ipis.push(&l.finish());
     }
     report::Line::new(bootproto::report::section::IPIS).raw("items", &ipis.finish()).emit();
+    if let Some(t) = &sup.boot_timeline {
+        report::Line::new(bootproto::report::section::TIMELINE)
+            .num("instances", t.instances as u64)
+            .num("cpus", t.cpus as u64)
+            .num("load_start_us", t.load_start_us)
+            .num("load_end_us", t.load_end_us)
+            .num("load_bytes", t.load_bytes)
+            .num("ipi_start_us", t.ipi_start_us)
+            .num("ipi_end_us", t.ipi_end_us)
+            .num("last_checkin_us", t.last_checkin_us)
+            .num("checkins_done_us", t.checkins_done_us)
+            .emit();
+    }
+    let (draws, draw_us) = crate::fbcon::draw_stats();
+    let serial = crate::serial::stats();
+    report::Line::new(bootproto::report::section::CONSOLE)
+        .num("serial_sent", serial.sent)
+        .num("serial_send_us", serial.send_us)
+        .num("serial_discarded", serial.discarded)
+        .num("serial_peak_queued", serial.peak_queued)
+        .num("screen_draws", draws)
+        .num("screen_draw_us", draw_us)
+        .emit();
     let manager = crate::memory::FRAMES.lock().as_ref().map_or(0, |f| f.free_frames());
     report::Line::new(bootproto::report::section::FRAMES)
         .num("manager_free", manager)

@@ -5,14 +5,14 @@
  * Built freestanding as a static PIE (ET_DYN, R_X86_64_RELATIVE relocations only) so the
  * manager's loader can place it anywhere in the instance's region; see xtask/src/payloads.rs
  * for the exact compiler flags. It prints one line, "hello from C: name <name> apic <id>", to
- * the console ring, marks itself running and heartbeats forever, about every 10 ms, halting
+ * the console ring, marks itself running and heartbeats forever, about every 50 ms, halting
  * in between (mk_irq_init, mk_wait_ms). An invalid boot info parks the CPU without
  * writing anything. The greeting is reached through a relocated pointer, so the line also
  * shows that the loader applied the image's relocations.
  */
 #include "multikernel.h"
 
-#define HEARTBEAT_INTERVAL_MS 10u
+#define HEARTBEAT_INTERVAL_MS 50u
 
 /*
  * The greeting is reached through a pointer stored in writable data, so the image carries an

@@ -232,19 +232,27 @@ impl core::error::Error for FileError {}
 impl core::error::Error for BundleError {}
 
 impl Parsed {
-    /// The bytes of file `index`, checked against its checksum.
-    pub fn file<'a>(&self, bundle: &'a [u8], index: u32) -> Result<&'a [u8], FileError> {
+    /// The bytes of file `index`, without checking its checksum (for a caller that checked it
+    /// with [`Parsed::file`] before, on the same read-only bundle).
+    pub fn file_unverified<'a>(&self, bundle: &'a [u8], index: u32) -> Result<&'a [u8], FileError> {
         let f = self
             .files
             .get(index as usize)
             .ok_or(FileError::NoSuchFile { index, count: self.files.len() })?;
         // `parse` checked the bounds against the bundle it read; `get` covers a caller that
         // passes another slice.
-        let bytes = usize::try_from(f.offset)
+        usize::try_from(f.offset)
             .ok()
             .zip(usize::try_from(f.len).ok())
             .and_then(|(start, len)| bundle.get(start..start.checked_add(len)?))
-            .ok_or(FileError::OutOfBounds { index })?;
+            .ok_or(FileError::OutOfBounds { index })
+    }
+
+    /// The bytes of file `index`, checked against its checksum.
+    pub fn file<'a>(&self, bundle: &'a [u8], index: u32) -> Result<&'a [u8], FileError> {
+        let bytes = self.file_unverified(bundle, index)?;
+        let count = self.files.len();
+        let f = self.files.get(index as usize).ok_or(FileError::NoSuchFile { index, count })?;
         let actual = bootproto::fnv1a64(bytes);
         if actual != f.checksum {
             return Err(FileError::ChecksumMismatch {

@@ -104,6 +104,12 @@ impl InputStep {
 
 pub const QEMU: &str = "qemu-system-x86_64";
 
+/// QEMU's recipe for x2APIC CPUs whose APIC IDs may exceed 254 (QEMU 9 or later under TCG,
+/// `-machine q35`): the CPU flag, and an Intel IOMMU remapping interrupts in Extended
+/// Interrupt Mode, without which QEMU refuses more than 255 CPUs (shared/TOOLCHAIN.md).
+pub const X2APIC_CPU: &str = "qemu64,+x2apic";
+pub const X2APIC_DEVICE: [&str; 2] = ["-device", "intel-iommu,intremap=on,eim=on"];
+
 /// `-device isa-debug-exit,iobase=0xf4,iosize=0x04` (QEMU docs, "isa-debug-exit"); the port
 /// is `bootproto::report::DEBUG_EXIT_PORT` (checked by a test).
 pub const DEBUG_EXIT_DEVICE: &str = "isa-debug-exit,iobase=0xf4,iosize=0x04";

@@ -266,7 +266,7 @@ pub fn all() -> Vec<Scenario> {
     ];
     for (name, fw) in [("x2apic-default-run-bios", Bios), ("x2apic-default-run-uefi", Uefi)] {
         let mut s = default_run(scenario(name, fw, &[], 4, check_x2apic));
-        s.cpu = Some("qemu64,+x2apic");
+        s.cpu = Some(crate::qemu::X2APIC_CPU);
         // TCG models x2APIC from QEMU 9 on (shared/TOOLCHAIN.md: 7.2 has none).
         s.needs_qemu = Some((9, 0));
         v.push(s);
@@ -786,7 +786,7 @@ fn check_hostile_fields(o: &Outcome) -> Result<(), String> {
     expect(dropped["console_dropped"] == u64::MAX, || {
         format!("dropped: the counter should saturate, it is {}", dropped["console_dropped"])
     })?;
-    check_neighbour(o, &list, 20, 200)
+    check_neighbour(o, &list, 20, 50)
 }
 
 fn check_hostile_cpus(o: &Outcome) -> Result<(), String> {
@@ -824,7 +824,7 @@ fn check_hostile_cpus(o: &Outcome) -> Result<(), String> {
     expect(idt["state"] == "hung" && why == "no heartbeat for 300 ms", || {
         format!("idt: {} ({why})", idt["state"])
     })?;
-    check_neighbour(o, &list, 20, 200)
+    check_neighbour(o, &list, 20, 50)
 }
 
 fn check_triple_fault(o: &Outcome) -> Result<(), String> {

@@ -153,9 +153,8 @@ fn qemu_args(args: &CaptureArgs) -> anyhow::Result<Vec<String>> {
         "-nodefaults".into(),
     ];
     if args.x2apic {
-        for a in ["-cpu", "qemu64,+x2apic", "-device", "intel-iommu,intremap=on,eim=on"] {
-            v.push(a.into());
-        }
+        v.extend(["-cpu", qemu_tests::qemu::X2APIC_CPU].map(String::from));
+        v.extend(qemu_tests::qemu::X2APIC_DEVICE.map(String::from));
     }
     v.extend(args.qemu_args.iter().cloned());
     Ok(v)

@@ -139,6 +139,13 @@ struct RunArgs {
     /// QEMU CPU model (e.g. "qemu64,+x2apic"); QEMU's default when absent.
     #[arg(long)]
     cpu: Option<String>,
+    /// x2APIC CPUs, so that -smp may exceed 255 (QEMU 9 or later): `-cpu qemu64,+x2apic` and
+    /// an Intel IOMMU in Extended Interrupt Mode.
+    #[arg(long, conflicts_with = "cpu")]
+    x2apic: bool,
+    /// More arguments for QEMU, one per use (e.g. `--qemu-arg=-mem-prealloc`).
+    #[arg(long = "qemu-arg", value_name = "ARG", allow_hyphen_values = true)]
+    qemu_args: Vec<String>,
     /// The manifest: which kernels to start (default: manifests/default.toml).
     #[arg(long, value_name = "PATH")]
     manifest: Option<PathBuf>,
@@ -333,7 +340,14 @@ fn cmd_run_qemu(args: RunArgs) -> anyhow::Result<ExitCode> {
             AccelArg::Kvm => Accel::Kvm,
         },
         machine: args.machine.clone(),
-        cpu: args.cpu.clone(),
+        cpu: if args.x2apic { Some(qemu::X2APIC_CPU.into()) } else { args.cpu.clone() },
+        extra_args: args
+            .x2apic
+            .then_some(qemu::X2APIC_DEVICE.map(String::from))
+            .into_iter()
+            .flatten()
+            .chain(args.qemu_args.iter().cloned())
+            .collect(),
         timeout: Duration::from_secs(args.timeout),
         echo: true,
         interactive: args.interactive,

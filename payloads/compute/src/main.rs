@@ -22,7 +22,7 @@ const MAX_N: u32 = 100_000_000;
 const BASE_PRIMES_MAX: usize = 1229;
 const SEGMENT_BYTES: usize = 4096;
 const BAD_ARGS_EXIT_CODE: u32 = 2;
-const HEARTBEAT_INTERVAL_MS: u64 = 10;
+const HEARTBEAT_INTERVAL_MS: u64 = 50;
 
 payload_sdk::entry!(main);
 

@@ -16,7 +16,7 @@ use payload_sdk::{heartbeat, println, Context};
 /// Exit code when the loaded image does not hash to the manager's checksum.
 const CHECKSUM_MISMATCH_EXIT_CODE: u32 = 3;
 const TICK_INTERVAL_MS: u64 = 200;
-const HEARTBEAT_INTERVAL_MS: u64 = 10;
+const HEARTBEAT_INTERVAL_MS: u64 = 50;
 const DEFAULT_TICKS: u64 = 5;
 
 payload_sdk::entry!(main);

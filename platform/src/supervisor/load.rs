@@ -57,9 +57,10 @@ impl<P: Phys> TableMemory for TableFrames<'_, P> {
     }
 }
 
-impl<M: Machine> Supervisor<'_, M> {
+impl<'a, M: Machine> Supervisor<'a, M> {
     /// Loads instance `i` into its region and writes its slots and CPU table entries (armed).
-    pub(super) fn load(&mut self, i: usize) -> Result<(), StartError> {
+    /// Returns the bytes written for the image (copied and zeroed).
+    pub(super) fn load(&mut self, i: usize) -> Result<u64, StartError> {
         let (Some(res), Some(pages), true) =
             (self.instances[i].resources.clone(), self.pages, self.pool.is_some())
         else {
@@ -69,8 +70,7 @@ impl<M: Machine> Supervisor<'_, M> {
         let region = res.region;
         let layout = Layout::new(region.start, region.len(), cpus)
             .ok_or(StartError::Layout { region: region.len(), cpus })?;
-        let spec = &self.instances[i].spec;
-        let image = self.parsed.file(self.bundle, spec.file).map_err(StartError::Bundle)?;
+        let image = self.image(self.instances[i].spec.file).map_err(StartError::Bundle)?;
         let (load_base, load_len) = layout.load_area();
         let plan = loader::plan(image, loader::Region::new(load_base, load_len))
             .map_err(StartError::Image)?;
@@ -149,7 +149,23 @@ impl<M: Machine> Supervisor<'_, M> {
             tables,
             cpus: &res.cpus,
         });
-        Ok(())
+        Ok(plan.bytes_to_copy() + zeroed)
+    }
+
+    /// The bytes of bundle file `index`. Its checksum is verified the first time only: the
+    /// bundle is read-only memory, and hashing a multi-megabyte image on every restart (or
+    /// for each of hundreds of instances sharing it) would be most of the cost of a load.
+    fn image(&mut self, index: u32) -> Result<&'a [u8], crate::bundle::FileError> {
+        let verified = self.verified.get(index as usize).copied().unwrap_or(false);
+        let bytes = if verified {
+            self.parsed.file_unverified(self.bundle, index)?
+        } else {
+            self.parsed.file(self.bundle, index)?
+        };
+        if let Some(v) = self.verified.get_mut(index as usize) {
+            *v = true;
+        }
+        Ok(bytes)
     }
 
     /// FNV-1a 64 over `[start, end)` of physical memory, a page at a time.

@@ -150,6 +150,24 @@ const fn trampoline_entry_size() -> u64 {
     core::mem::size_of::<trampoline::CpuEntry>() as u64
 }
 
+/// When the phases of a batch start happened (µs since the manager started), for the report
+/// and `cargo xtask bench`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timeline {
+    pub instances: usize,
+    pub cpus: usize,
+    pub load_start_us: u64,
+    pub load_end_us: u64,
+    /// Bytes written by the loads: image bytes copied plus region bytes zeroed.
+    pub load_bytes: u64,
+    pub ipi_start_us: u64,
+    pub ipi_end_us: u64,
+    /// The latest check-in stamp (by the APs' clocks) among the batch's CPUs.
+    pub last_checkin_us: u64,
+    /// When the wait for check-ins ended.
+    pub checkins_done_us: u64,
+}
+
 /// Where the start-up code and the CPU table live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StartPages {
@@ -171,8 +189,12 @@ pub struct Supervisor<'a, M: Machine> {
     pub instances: Vec<Instance>,
     /// Stray CPUs counted so far on the start page (reported when the count grows).
     strays_seen: u32,
+    /// Per bundle file: its checksum was verified.
+    verified: Vec<bool>,
     /// Set by the shell's `quit`.
     pub quit: bool,
+    /// The phases of the first (boot) start.
+    pub boot_timeline: Option<Timeline>,
 }
 
 impl<'a, M: Machine> Supervisor<'a, M> {
@@ -198,7 +220,9 @@ impl<'a, M: Machine> Supervisor<'a, M> {
             pool: None,
             instances,
             strays_seen: 0,
+            verified: alloc::vec![false; parsed.files.len()],
             quit: false,
+            boot_timeline: None,
         };
         let planned = match planned {
             Ok(p) => p,
@@ -281,7 +305,9 @@ impl<'a, M: Machine> Supervisor<'a, M> {
         self.m.fill(pages.table, u64::from(pages.table_len) * trampoline_entry_size(), 0)?;
         let all: Vec<usize> =
             (0..self.instances.len()).filter(|&i| self.instances[i].resources.is_some()).collect();
-        self.start(&all);
+        let mut timeline = Timeline::default();
+        self.start_timed(&all, &mut timeline);
+        self.boot_timeline = Some(timeline);
         Ok(())
     }
 

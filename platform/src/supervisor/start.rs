@@ -37,8 +37,18 @@ impl<M: Machine> Supervisor<'_, M> {
     /// Loads and starts instances `idx` together. Failures are recorded on the instances (and
     /// reported); the result says, per instance, whether its CPUs checked in.
     pub(super) fn start(&mut self, idx: &[usize]) -> Vec<(usize, Result<(), StartError>)> {
+        self.start_timed(idx, &mut super::Timeline::default())
+    }
+
+    /// [`Self::start`], recording when each phase happened.
+    pub(super) fn start_timed(
+        &mut self,
+        idx: &[usize],
+        timeline: &mut super::Timeline,
+    ) -> Vec<(usize, Result<(), StartError>)> {
         let mut results = Vec::new();
         let mut batch = Vec::new();
+        timeline.load_start_us = self.m.now_us();
         for &i in idx {
             let inst = &self.instances[i];
             let allowed = match inst.state {
@@ -53,13 +63,17 @@ impl<M: Machine> Supervisor<'_, M> {
             }
             self.reset_for_start(i);
             match self.load(i) {
-                Ok(()) => batch.push(i),
+                Ok(bytes) => {
+                    timeline.load_bytes += bytes;
+                    batch.push(i);
+                }
                 Err(e) => {
                     self.fail(i, Failure::Start(e.clone()));
                     results.push((i, Err(e)));
                 }
             }
         }
+        timeline.load_end_us = self.m.now_us();
         let Some(pages) = self.pages else { return results };
         let mut cpus: Vec<Cpu> = Vec::new();
         for &i in &batch {
@@ -77,7 +91,9 @@ impl<M: Machine> Supervisor<'_, M> {
         });
         let ids: Vec<u32> = cpus.iter().map(|c| c.apic_id).collect();
         let t0 = self.m.now_us();
+        (timeline.instances, timeline.cpus, timeline.ipi_start_us) = (batch.len(), ids.len(), t0);
         let sent = apstart::start_all(&mut self.m, &ids, pages.start_page, self.facts.init_delay);
+        timeline.ipi_end_us = self.m.now_us();
         let mut failed: Vec<(usize, StartError)> = Vec::new();
         match sent {
             Ok(per_cpu) => {
@@ -103,7 +119,7 @@ impl<M: Machine> Supervisor<'_, M> {
             self.abort_start(i, e.clone(), None);
             results.push((i, Err(e)));
         }
-        results.extend(self.wait_for_checkins(&waiting, &mut cpus, t0));
+        results.extend(self.wait_for_checkins(&waiting, &mut cpus, t0, timeline));
         self.report_strays();
         results
     }
@@ -127,6 +143,7 @@ impl<M: Machine> Supervisor<'_, M> {
         batch: &[usize],
         cpus: &mut [Cpu],
         t0: u64,
+        timeline: &mut super::Timeline,
     ) -> Vec<(usize, Result<(), StartError>)> {
         let Some(pages) = self.pages else { return Vec::new() };
         let deadline = t0.saturating_add(self.facts.checkin_timeout_ms.max(1) * 1000);
@@ -145,6 +162,9 @@ impl<M: Machine> Supervisor<'_, M> {
         }
         let mut waiting = batch.len();
         loop {
+            // Looked at before the pass, so the last pass (after the deadline) still accepts a
+            // check-in stamped in time that arrived while the previous pass was busy.
+            let expired = self.m.now_us() >= deadline;
             for c in cpus.iter_mut() {
                 if c.checked_in || !pending[c.inst] {
                     continue;
@@ -160,6 +180,7 @@ impl<M: Machine> Supervisor<'_, M> {
                 }
                 c.checked_in = true;
                 last[c.inst] = last[c.inst].max(at);
+                timeline.last_checkin_us = timeline.last_checkin_us.max(at);
                 // Disarm the entry: a replayed SIPI must not run this instance again.
                 let index = self.instances[c.inst].resources.as_ref().map_or(0, |r| r.table_index);
                 let armed =
@@ -189,7 +210,7 @@ impl<M: Machine> Supervisor<'_, M> {
                     results.push((i, Ok(())));
                 }
             }
-            if waiting == 0 || self.m.now_us() >= deadline {
+            if waiting == 0 || expired {
                 break;
             }
             // Keep everyone else's consoles moving while we wait.
@@ -200,6 +221,7 @@ impl<M: Machine> Supervisor<'_, M> {
             }
             self.m.wait_us(CHECKIN_POLL_US);
         }
+        timeline.checkins_done_us = self.m.now_us();
         // Wrong CPUs (already in the results), then the ones still pending: stop and park
         // before calling them failed.
         let wrong: Vec<(usize, StartError)> =
