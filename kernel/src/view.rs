@@ -228,6 +228,7 @@ pub fn emit_report(sup: &Supervisor<'_, crate::machine::Bsp>) {
             .num("load_bytes", t.load_bytes)
             .num("ipi_start_us", t.ipi_start_us)
             .num("ipi_end_us", t.ipi_end_us)
+            .num("second_sipis", t.second_sipis as u64)
             .num("last_checkin_us", t.last_checkin_us)
             .num("checkins_done_us", t.checkins_done_us)
             .emit();

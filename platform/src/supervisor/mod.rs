@@ -162,6 +162,8 @@ pub struct Timeline {
     pub load_bytes: u64,
     pub ipi_start_us: u64,
     pub ipi_end_us: u64,
+    /// CPUs that had not found their entry after the first SIPI and were sent a second.
+    pub second_sipis: usize,
     /// The latest check-in stamp (by the APs' clocks) among the batch's CPUs.
     pub last_checkin_us: u64,
     /// When the wait for check-ins ended.

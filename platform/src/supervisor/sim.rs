@@ -76,6 +76,8 @@ pub struct FakeCpu {
     pub arrive_after_us: u64,
     /// Never leaves the instance (a CPU stuck where INIT cannot reach it).
     pub deaf: bool,
+    /// Start-up IPIs this CPU loses before it takes one (the SDM's reason for a second SIPI).
+    pub lost_sipis: u32,
 }
 
 pub struct Sim {
@@ -100,7 +102,12 @@ impl Sim {
             now: 0,
             cpus: apic_ids
                 .iter()
-                .map(|&id| (id, FakeCpu { mode: Mode::Halted, arrive_after_us: 50, deaf: false }))
+                .map(|&id| (id, FakeCpu {
+                    mode: Mode::Halted,
+                    arrive_after_us: 50,
+                    deaf: false,
+                    lost_sipis: 0,
+                }))
                 .collect(),
             behaviors: BTreeMap::new(),
             events: Vec::new(),
@@ -437,7 +444,9 @@ impl Ipi for Sim {
         let park = self.is_park_page(u64::from(vector) << 12);
         let cpu = self.cpus.get_mut(&id).ok_or(IpiError::DeliveryTimeout { apic_id: id })?;
         // A SIPI is taken only in wait-for-SIPI (SDM); a running CPU ignores it.
-        if matches!(cpu.mode, Mode::WaitForSipi) {
+        if matches!(cpu.mode, Mode::WaitForSipi) && cpu.lost_sipis > 0 {
+            cpu.lost_sipis -= 1;
+        } else if matches!(cpu.mode, Mode::WaitForSipi) {
             let after = if park { 20 } else { cpu.arrive_after_us };
             cpu.mode = Mode::Arriving { at: now + after, vector };
         }

@@ -92,7 +92,29 @@ impl<M: Machine> Supervisor<'_, M> {
         let ids: Vec<u32> = cpus.iter().map(|c| c.apic_id).collect();
         let t0 = self.m.now_us();
         (timeline.instances, timeline.cpus, timeline.ipi_start_us) = (batch.len(), ids.len(), t0);
-        let sent = apstart::start_all(&mut self.m, &ids, pages.start_page, self.facts.init_delay);
+        let mut sent =
+            apstart::start_all(&mut self.m, &ids, pages.start_page, self.facts.init_delay);
+        if let Ok(per_cpu) = &mut sent {
+            // The SDM's second SIPI, only for CPUs that have not found their entry yet.
+            let late: Vec<(usize, u32)> = cpus
+                .iter()
+                .enumerate()
+                .filter(|(n, c)| per_cpu[*n].1.is_ok() && !self.found_entry(&pages, c))
+                .map(|(n, c)| (n, c.apic_id))
+                .collect();
+            timeline.second_sipis = late.len();
+            if !late.is_empty() {
+                let late_ids: Vec<u32> = late.iter().map(|l| l.1).collect();
+                match apstart::second_sipi(&mut self.m, &late_ids, pages.start_page) {
+                    Ok(again) => {
+                        for ((n, _), (_, r)) in late.iter().zip(again) {
+                            per_cpu[*n].1 = r;
+                        }
+                    }
+                    Err(e) => sent = Err(e),
+                }
+            }
+        }
         timeline.ipi_end_us = self.m.now_us();
         let mut failed: Vec<(usize, StartError)> = Vec::new();
         match sent {
@@ -122,6 +144,14 @@ impl<M: Machine> Supervisor<'_, M> {
         results.extend(self.wait_for_checkins(&waiting, &mut cpus, t0, timeline));
         self.report_strays();
         results
+    }
+
+    /// CPU `c` has reached its CPU table entry (stage FOUND or later): it took a SIPI.
+    fn found_entry(&self, pages: &super::StartPages, c: &Cpu) -> bool {
+        let index = self.instances[c.inst].resources.as_ref().map_or(0, |r| r.table_index);
+        let mut entry = [0u8; 32];
+        let read = self.m.read(entry_address(pages, index + c.k), &mut entry);
+        read.is_ok() && trampoline::entry_stage(&entry).0 >= trampoline::STAGE_FOUND
     }
 
     /// Clears what a previous life left in the instance's bookkeeping.

@@ -99,7 +99,7 @@ impl<M: Machine> Supervisor<'_, M> {
             // The SDM's second SIPI, for CPUs that did not take the first.
             if !resent && waited >= apstart::SIPI_DELAY_US {
                 resent = true;
-                let _ = apstart::resend_park(&mut self.m, &missing, pages.park_page);
+                let _ = apstart::second_sipi(&mut self.m, &missing, pages.park_page);
             }
             self.m.wait_us(PARK_POLL_US);
         }
