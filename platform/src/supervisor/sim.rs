@@ -102,12 +102,17 @@ impl Sim {
             now: 0,
             cpus: apic_ids
                 .iter()
-                .map(|&id| (id, FakeCpu {
-                    mode: Mode::Halted,
-                    arrive_after_us: 50,
-                    deaf: false,
-                    lost_sipis: 0,
-                }))
+                .map(|&id| {
+                    (
+                        id,
+                        FakeCpu {
+                            mode: Mode::Halted,
+                            arrive_after_us: 50,
+                            deaf: false,
+                            lost_sipis: 0,
+                        },
+                    )
+                })
                 .collect(),
             behaviors: BTreeMap::new(),
             events: Vec::new(),

@@ -354,7 +354,11 @@ fn a_cpu_that_loses_the_first_sipi_gets_the_second_and_only_it_does() {
     sim.cpus.get_mut(&2).unwrap().lost_sipis = 1;
     let mut sup = w.supervisor(sim, FACTS);
     sup.boot().unwrap();
-    assert!(sup.instances.iter().all(|i| i.state == State::Started), "{:?}", sup.instances[1].reason);
+    assert!(
+        sup.instances.iter().all(|i| i.state == State::Started),
+        "{:?}",
+        sup.instances[1].reason
+    );
     let sipis = |id| sup.m.ipis.iter().filter(|&&(k, to, _)| k == 'S' && to == id).count();
     assert_eq!((sipis(1), sipis(2), sipis(3)), (2, 3, 2));
     assert_eq!(sup.boot_timeline.unwrap().second_sipis, 1);
