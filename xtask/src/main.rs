@@ -59,15 +59,22 @@ enum Cmd {
         /// Firmware to boot with.
         #[arg(long, value_enum, default_value_t = RunFirmware::Bios)]
         firmware: RunFirmware,
-        /// Number of boots.
+        /// Boots per machine size (and of the restart figures).
         #[arg(long, default_value_t = 3)]
         runs: u32,
         /// Restarts of the `hello` instance per boot, through the control shell.
         #[arg(long, default_value_t = 10)]
         restarts: u32,
-        /// Number of CPUs.
-        #[arg(long, default_value_t = 4)]
-        smp: u32,
+        /// The machine sizes of the scale sweep (-smp; above 255 runs with x2APIC).
+        #[arg(long, value_delimiter = ',', default_value = "4,16,64,255,300")]
+        smp: Vec<u32>,
+        /// The CI version: sizes 4, 16 and 64, one run each, three restarts (under 2 minutes).
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the JSON record (default target/bench/bench.json); the PNG plot goes
+        /// beside it.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
     },
     /// Restart an instance many times next to hostile neighbours, then check that no frame,
     /// heap byte or console line was lost (minutes; not part of `test`).
@@ -195,8 +202,10 @@ fn main() -> ExitCode {
         Cmd::Build => cmd_build(),
         Cmd::Image { firmware, out, manifest } => cmd_image(firmware, out, manifest),
         Cmd::Check { manifest } => cmd_check(&manifest),
-        Cmd::Bench { firmware, runs, restarts, smp } => {
-            bench::run(firmware.into(), runs, restarts, smp).map(|()| ExitCode::SUCCESS)
+        Cmd::Bench { firmware, runs, restarts, smp, quick, json } => {
+            let firmware = firmware.into();
+            let options = bench::Options { firmware, runs, restarts, smp, quick, json };
+            bench::run(options).map(|()| ExitCode::SUCCESS)
         }
         Cmd::RunQemu(args) => cmd_run_qemu(args),
         Cmd::Soak { firmware, cycles } => {

@@ -1,6 +1,4 @@
-//! `cargo xtask bench`: figures for how fast the manager starts and restarts kernels and how
-//! much memory it uses, measured under QEMU and printed as a table (never asserted by a test:
-//! TCG timings vary with the host).
+//! Restart figures: how fast the manager stops and starts kernels and how much memory it uses.
 //!
 //! Each run boots the default manifest with no time limit, restarts `hello` through the
 //! control shell a number of times, and quits; the figures come from the run report the
@@ -15,8 +13,9 @@ use anyhow::{bail, Context};
 use bootproto::report::section;
 use qemu_tests::qemu::{self, Firmware, InputStep};
 use qemu_tests::report::collect_sections;
-use serde_json::Value;
+use serde_json::{json, Value};
 
+use super::{stats, stats_json};
 use crate::{build, prereq};
 
 #[derive(Default)]
@@ -30,7 +29,7 @@ struct Samples {
     boot_ms: Vec<u64>,
 }
 
-pub fn run(firmware: Firmware, runs: u32, restarts: u32, smp: u32) -> anyhow::Result<()> {
+pub fn run(firmware: Firmware, runs: u32, restarts: u32, smp: u32) -> anyhow::Result<Value> {
     let ovmf = prereq::ensure_qemu(firmware)?;
     let kernel = build::build_kernel(qemu_tests::scenarios::KernelVariant::Qemu)?;
     let mut bundle = crate::manifest_bundle(&crate::default_manifest())?;
@@ -60,8 +59,19 @@ pub fn run(firmware: Firmware, runs: u32, restarts: u32, smp: u32) -> anyhow::Re
         collect(&outcome.serial, &mut samples, &cfg.serial_log)?;
         eprintln!("bench: run {} of {runs} done ({:.1} s)", n + 1, outcome.duration.as_secs_f64());
     }
-    print(&samples, firmware, runs, restarts, smp);
-    Ok(())
+    print(&samples, runs, restarts, smp);
+    Ok(json!({
+        "smp": smp,
+        "runs": runs,
+        "restarts_per_run": restarts,
+        "boot_ms": stats_json(&samples.boot_ms),
+        "checkin_us": stats_json(&samples.checkin_us),
+        "report_in_us": stats_json(&samples.report_in_us),
+        "stop_us": stats_json(&samples.stop_us),
+        "start_us": stats_json(&samples.start_us),
+        "page_tables": stats_json(&samples.page_tables),
+        "heap_used": stats_json(&samples.heap_used),
+    }))
 }
 
 fn collect(serial: &str, s: &mut Samples, log: &Path) -> anyhow::Result<()> {
@@ -106,16 +116,9 @@ fn collect(serial: &str, s: &mut Samples, log: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn stats(v: &[u64]) -> Option<(u64, u64, u64)> {
-    let mut v = v.to_vec();
-    v.sort_unstable();
-    Some((*v.first()?, v[v.len() / 2], *v.last()?))
-}
-
-fn print(s: &Samples, firmware: Firmware, runs: u32, restarts: u32, smp: u32) {
+fn print(s: &Samples, runs: u32, restarts: u32, smp: u32) {
     println!(
-        "bench: {} firmware, -smp {smp}, {runs} runs, {restarts} restarts of 'hello' per run (TCG; figures vary with the host)",
-        firmware.name()
+        "\nrestarts: default manifest, -smp {smp}, {runs} run(s), {restarts} restarts of 'hello' per run"
     );
     println!("{:<44} {:>6} {:>10} {:>10} {:>10}", "metric", "n", "min", "median", "max");
     let rows: [(&str, &[u64], &str); 7] = [
