@@ -87,6 +87,29 @@ const fn inst(
 /// what they test is what a user runs.
 pub const DEFAULT_MANIFEST: &str = "manifests/default.toml";
 
+/// Sixty-four `hello` instances for -smp 65 (a repository manifest users can boot too).
+pub const SCALE_64_MANIFEST: &str = "manifests/scale-64.toml";
+
+/// Four instances for the three APs of -smp 4.
+const FOUR_ON_THREE_APS: &str = r#"
+[[instance]]
+name = "a"
+payload = "hello"
+memory = "2M"
+[[instance]]
+name = "b"
+payload = "hello"
+memory = "2M"
+[[instance]]
+name = "c"
+payload = "hello"
+memory = "2M"
+[[instance]]
+name = "d"
+payload = "hello"
+memory = "2M"
+"#;
+
 /// Seven instances for -smp 8.
 pub const SEVEN_INSTANCES: &[InstanceSpec] = &[
     inst("hello-1", "hello", None, "ticks=3"),
@@ -264,6 +287,19 @@ pub fn all() -> Vec<Scenario> {
         scenario("fault-contained-bios", Bios, FAULT_INSTANCES, 4, check_fault),
         scenario("fault-contained-uefi", Uefi, FAULT_INSTANCES, 4, check_fault),
     ];
+    for (name, fw) in [("sixty-four-instances-bios", Bios), ("sixty-four-instances-uefi", Uefi)] {
+        let mut s = scenario(name, fw, &[], 65, check_sixty_four);
+        s.manifest_file = Some(SCALE_64_MANIFEST);
+        s.timeout_secs = 180;
+        v.push(s);
+    }
+    for (name, fw) in
+        [("more-instances-than-cpus-bios", Bios), ("more-instances-than-cpus-uefi", Uefi)]
+    {
+        let mut s = scenario(name, fw, &[], 4, check_more_instances_than_cpus);
+        s.manifest = Some(FOUR_ON_THREE_APS);
+        v.push(s);
+    }
     for (name, fw) in [("x2apic-default-run-bios", Bios), ("x2apic-default-run-uefi", Uefi)] {
         let mut s = default_run(scenario(name, fw, &[], 4, check_x2apic));
         s.cpu = Some(crate::qemu::X2APIC_CPU);
@@ -496,6 +532,65 @@ fn check_seven(o: &Outcome) -> Result<(), String> {
     let mut apics: Vec<u64> = list.iter().map(|i| i["apic_id"].as_u64().unwrap_or(0)).collect();
     apics.sort();
     expect(apics == [1, 2, 3, 4, 5, 6, 7], || format!("APICs used: {apics:?}"))
+}
+
+/// 64 instances on 64 APs: all running, each on its own CPU, each AP sent one INIT, the start
+/// path using two low pages whatever the CPU count.
+fn check_sixty_four(o: &Outcome) -> Result<(), String> {
+    expect(o.verdict.pass, || format!("run failed: {}", o.verdict.reason))?;
+    check_cpus(o, 65)?;
+    let list = instances(o)?;
+    expect(list.len() == 64, || format!("{} instances reported, expected 64", list.len()))?;
+    for i in 1..=64 {
+        check_running(&list, &format!("h{i}"))?;
+        expect(!console(o, &format!("h{i}")).is_empty(), || {
+            format!("no console output from h{i}")
+        })?;
+    }
+    let mut apics: Vec<u64> = list.iter().map(|i| i["apic_id"].as_u64().unwrap_or(0)).collect();
+    apics.sort();
+    expect(apics == (1..=64).collect::<Vec<u64>>(), || format!("APICs used: {apics:?}"))?;
+    for apic in 1..=64 {
+        let (init, sipi) = ipis_to(o, apic)?;
+        // A SIPI before the INIT, the start, and at most the second for a late CPU.
+        expect(init == 1 && (2..=3).contains(&sipi), || {
+            format!("APIC {apic} got {init} INITs and {sipi} SIPIs")
+        })?;
+    }
+    let (sections, _) = collect_sections(&o.serial);
+    let plan = sections.get(section::PLAN).and_then(Value::as_array).ok_or("no plan section")?;
+    let low: Vec<&str> = plan
+        .iter()
+        .filter(|r| r["base"].as_u64().is_some_and(|b| b < 0x10_0000))
+        .filter_map(|r| r["owner"].as_str())
+        .collect();
+    expect(low == ["AP start page", "AP parking page"], || {
+        format!("the start path used more low memory than two pages: {low:?}")
+    })?;
+    let t = sections.get(section::TIMELINE).ok_or("no timeline section")?;
+    expect(t["instances"] == 64 && t["cpus"] == 64, || format!("timeline: {t}"))
+}
+
+/// Four instances for three APs: the fourth is refused, by name and with the counts, before
+/// any IPI; the other three run.
+fn check_more_instances_than_cpus(o: &Outcome) -> Result<(), String> {
+    expect(!o.verdict.pass, || "a run with a refused instance must not pass".into())?;
+    let list = instances(o)?;
+    for name in ["a", "b", "c"] {
+        check_running(&list, name)?;
+    }
+    let d = instance(&list, "d")?;
+    expect(d["state"] == "failed", || format!("d is {}", d["state"]))?;
+    let reason = d["reason"].as_str().unwrap_or("");
+    expect(
+        reason.contains("no free startable CPU")
+            && reason.contains("asks for 4 CPUs in all")
+            && reason.contains("has 3 that can run instances"),
+        || format!("unspecific refusal: {reason:?}"),
+    )?;
+    expect(!d["region_base"].is_u64(), || "memory was carved for a refused instance".into())?;
+    let inits: u64 = (0..8).map(|a| ipis_to(o, a).map_or(0, |x| x.0)).sum();
+    expect(inits == 3, || format!("{inits} INITs sent; expected one per AP, none for d"))
 }
 
 fn check_missing_cpu(o: &Outcome) -> Result<(), String> {

@@ -29,6 +29,14 @@ pub fn assign(
         requests.iter().map(|_| Err(CpuProblem::NoInventory)).collect();
     let Some(inv) = inventory else { return out };
     let listed: Vec<u32> = inv.cpus.iter().map(|c| c.apic_id).collect();
+    let asked: usize = requests
+        .iter()
+        .map(|(_, r)| match r {
+            CpuRequest::Explicit(ids) => ids.len(),
+            CpuRequest::Any(n) => *n,
+        })
+        .sum();
+    let startable = inv.startable_cpus().count();
     let mut taken: Vec<(u32, String)> = Vec::new();
     let too_many = |n: usize| {
         (n > max_per_instance).then_some(CpuProblem::TooMany { wanted: n, max: max_per_instance })
@@ -68,7 +76,8 @@ pub fn assign(
                 .filter(|id| !taken.iter().any(|(t, _)| t == id))
                 .collect();
             if free.len() < n || n == 0 {
-                return Err(CpuProblem::NoneLeft { wanted: n.max(1), free: free.len() });
+                let (wanted, free) = (n.max(1), free.len());
+                return Err(CpuProblem::NoneLeft { wanted, free, asked, startable });
             }
             let got: Vec<u32> = free[..n].to_vec();
             for &id in &got {
@@ -108,7 +117,12 @@ mod tests {
             vec![
                 Ok(vec![2]),
                 Ok(vec![1]),
-                Ok(vec![3]).and(Err(CpuProblem::NoneLeft { wanted: 2, free: 1 }))
+                Ok(vec![3]).and(Err(CpuProblem::NoneLeft {
+                    wanted: 2,
+                    free: 1,
+                    asked: 4,
+                    startable: 3
+                }))
             ]
         );
     }

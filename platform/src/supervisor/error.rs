@@ -26,8 +26,9 @@ pub enum CpuProblem {
     Refused { refusal: CpuRefusal, listed: Vec<u32> },
     /// The named CPU belongs to an earlier instance.
     Taken { apic_id: u32, owner: String },
-    /// The instance asks for more CPUs than are left.
-    NoneLeft { wanted: usize, free: usize },
+    /// The instance asks for more CPUs than are left. `asked` is what the whole manifest asks
+    /// for, `startable` what the machine has for instances (its APs).
+    NoneLeft { wanted: usize, free: usize, asked: usize, startable: usize },
     /// The instance asks for more CPUs than the boot protocol can list.
     TooMany { wanted: usize, max: usize },
 }
@@ -46,13 +47,18 @@ impl fmt::Display for CpuProblem {
             CpuProblem::Taken { apic_id, owner } => {
                 write!(f, "CPU {apic_id} is already given to instance '{owner}'")
             }
-            CpuProblem::NoneLeft { wanted: 1, .. } => {
-                f.write_str("no free startable CPU is left for it")
+            CpuProblem::NoneLeft { wanted, free, asked, startable } => {
+                match wanted {
+                    1 => f.write_str("no free startable CPU is left for it")?,
+                    _ => write!(f, "it asks for {wanted} CPUs but only {free} are left for it")?,
+                }
+                write!(
+                    f,
+                    ": the manifest asks for {asked} CPUs in all, and this machine has \
+                     {startable} that can run instances (every CPU but the manager's); give \
+                     fewer instances or CPUs, or use a bigger machine"
+                )
             }
-            CpuProblem::NoneLeft { wanted, free } => write!(
-                f,
-                "it asks for {wanted} CPUs but only {free} startable CPUs are left for it"
-            ),
             CpuProblem::TooMany { wanted, max } => {
                 write!(f, "it asks for {wanted} CPUs; one instance can have at most {max}")
             }
