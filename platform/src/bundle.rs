@@ -14,7 +14,8 @@
 //! files    file_count × 64 B     name[32], offset u64, len u64, fnv1a64 u64, reserved u64
 //! insts    instance_count × 328 B  name[32], file u32, cpu u32, memory u64, base u64,
 //!                 restart u32, max_restarts u32, heartbeat_timeout_ms u32, flags u32, args[256]
-//!          flags: bit 0 = the image does not speak the boot protocol
+//!          flags: bit 0 = the image does not speak the boot protocol,
+//!                 bit 1 = write boot info version 1 (a kernel built against the v1 header)
 //! data     the files' bytes, at their offsets
 //! ```
 
@@ -37,6 +38,7 @@ pub const MAX_INSTANCES: usize = 1024;
 pub const CPU_AUTO: u32 = u32::MAX;
 /// Instance flag: the image does not speak the boot protocol.
 pub const FLAG_NO_BOOT_PROTOCOL: u32 = 1 << 0;
+pub const FLAG_PROTOCOL_V1: u32 = 1 << 1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Restart {
@@ -84,6 +86,9 @@ pub struct Instance {
     /// The image speaks the boot protocol (reports in through its status block). An image that
     /// does not is healthy once `started`: the manager cannot see more of it.
     pub boot_protocol: bool,
+    /// The boot info version the manager writes for it: [`bootproto::PROTOCOL_VERSION`], or 1
+    /// for a kernel built against the version 1 header (docs/boot-protocol.md, "Versions").
+    pub protocol_version: u32,
     pub args: String,
 }
 
@@ -358,6 +363,11 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, BundleError> {
             max_restarts: u32_at(e, 60),
             heartbeat_timeout_ms: u32_at(e, 64),
             boot_protocol: u32_at(e, 68) & FLAG_NO_BOOT_PROTOCOL == 0,
+            protocol_version: if u32_at(e, 68) & FLAG_PROTOCOL_V1 != 0 {
+                1
+            } else {
+                bootproto::PROTOCOL_VERSION
+            },
             args: str_field(&e[72..72 + ARGS_LEN], "instance args", i)?,
         });
     }
@@ -421,7 +431,10 @@ impl Bundle {
             out[at + 56..at + 60].copy_from_slice(&restart.to_le_bytes());
             out[at + 60..at + 64].copy_from_slice(&inst.max_restarts.to_le_bytes());
             out[at + 64..at + 68].copy_from_slice(&inst.heartbeat_timeout_ms.to_le_bytes());
-            let flags = if inst.boot_protocol { 0 } else { FLAG_NO_BOOT_PROTOCOL };
+            let mut flags = if inst.boot_protocol { 0 } else { FLAG_NO_BOOT_PROTOCOL };
+            if inst.protocol_version == 1 {
+                flags |= FLAG_PROTOCOL_V1;
+            }
             out[at + 68..at + 72].copy_from_slice(&flags.to_le_bytes());
             put_str(&mut out[at + 72..at + 72 + ARGS_LEN], &inst.args, "instance args")?;
         }
@@ -452,6 +465,7 @@ mod tests {
                     max_restarts: 0,
                     heartbeat_timeout_ms: 0,
                     boot_protocol: true,
+                    protocol_version: bootproto::PROTOCOL_VERSION,
                     args: "x=1".into(),
                 },
                 Instance {
@@ -464,6 +478,7 @@ mod tests {
                     max_restarts: 3,
                     heartbeat_timeout_ms: 500,
                     boot_protocol: false,
+                    protocol_version: 1,
                     args: String::new(),
                 },
             ],

@@ -71,6 +71,7 @@ fn regenerate_bundle_seeds() {
         max_restarts: 0,
         heartbeat_timeout_ms: 0,
         boot_protocol: true,
+        protocol_version: bootproto::PROTOCOL_VERSION,
         args: "ticks=5".into(),
     };
     let seeds = [

@@ -54,6 +54,7 @@ pub fn write(
             max_restarts: spec.restart_on_failure.unwrap_or(0),
             heartbeat_timeout_ms: spec.heartbeat_timeout_ms,
             boot_protocol: true,
+            protocol_version: bootproto::PROTOCOL_VERSION,
             args: spec.args.into(),
         });
     }

@@ -197,8 +197,11 @@ impl<'a, M: Machine> Supervisor<'a, M> {
         let spec = &self.instances[i].spec;
         let mut info = BootInfo {
             magic: bootproto::BOOT_INFO_MAGIC,
-            version: bootproto::PROTOCOL_VERSION,
-            size: size_of::<BootInfo>() as u32,
+            version: spec.protocol_version,
+            size: match spec.protocol_version {
+                1 => bootproto::BOOT_INFO_V1_SIZE,
+                _ => size_of::<BootInfo>() as u32,
+            },
             name: [0; bootproto::NAME_LEN],
             apic_id: res.cpus.first().copied().unwrap_or(0),
             _reserved0: 0,

@@ -510,6 +510,7 @@ pub fn spec(name: &str, cpu: u32) -> Spec {
         max_restarts: 0,
         heartbeat_timeout_ms: 0,
         boot_protocol: true,
+        protocol_version: bootproto::PROTOCOL_VERSION,
         args: String::new(),
     }
 }

@@ -363,3 +363,22 @@ fn a_cpu_that_loses_the_first_sipi_gets_the_second_and_only_it_does() {
     assert_eq!((sipis(1), sipis(2), sipis(3)), (2, 3, 2));
     assert_eq!(sup.boot_timeline.unwrap().second_sipis, 1);
 }
+
+#[test]
+fn a_kernel_asking_for_protocol_version_1_gets_version_1_and_its_size() {
+    use bootproto::BootInfo;
+    use core::mem::offset_of;
+    let mut old = spec("old", 1);
+    old.protocol_version = 1;
+    let w = World::new(4, vec![old, spec("new", 2)]);
+    let mut sup = w.supervisor(w.sim(), FACTS);
+    sup.boot().unwrap();
+    let info = |i: usize| sup.instances[i].loaded.as_ref().unwrap().layout.boot_info;
+    let field = |i: usize, off: usize| sup.m.r32(info(i) + off as u64);
+    let (version, size) = (offset_of!(BootInfo, version), offset_of!(BootInfo, size));
+    assert_eq!((field(0, version), field(0, size)), (1, bootproto::BOOT_INFO_V1_SIZE));
+    assert_eq!(
+        (field(1, version), field(1, size)),
+        (bootproto::PROTOCOL_VERSION, core::mem::size_of::<BootInfo>() as u32)
+    );
+}

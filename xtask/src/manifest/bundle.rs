@@ -88,6 +88,7 @@ pub fn to_bundle(manifest: &Manifest, payloads: &[Payload]) -> Result<Bundle, Ma
             max_restarts: inst.max_restarts,
             heartbeat_timeout_ms: inst.heartbeat_timeout_ms.unwrap_or(0),
             boot_protocol: inst.boot_protocol,
+            protocol_version: inst.protocol_version,
             args: inst.args.clone(),
         });
     }

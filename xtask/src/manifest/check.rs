@@ -87,6 +87,8 @@ pub(super) fn check_instance(
     let args = check_args(src, &who, raw.args);
     let (restart, max_restarts) = check_restart(src, &who, raw.restart, raw.max_restarts);
     let heartbeat_timeout_ms = check_heartbeat(src, &who, raw.heartbeat_timeout_ms);
+    let protocol_version =
+        check_protocol_version(src, &who, raw.protocol_version, raw.boot_protocol);
     let (kernel, kernel_span) =
         check_kernel(src, &who, &table_span, raw.payload, raw.image, |src, image| {
             read_image(src, dir, &who, image, memory, base)
@@ -109,6 +111,7 @@ pub(super) fn check_instance(
             max_restarts,
             heartbeat_timeout_ms,
             boot_protocol: raw.boot_protocol.unwrap_or(true),
+            protocol_version,
             kernel_at: src.place(kernel_span.start),
         },
         name_span,
@@ -323,6 +326,37 @@ fn check_heartbeat(
         }
         Some(h) => Some(h.into_inner()),
     }
+}
+
+/// `protocol_version`: 1 (a kernel built against the version 1 header) or the current version;
+/// meaningless for a kernel that does not speak the protocol.
+fn check_protocol_version(
+    src: &mut Source<'_>,
+    who: &str,
+    version: Option<Spanned<u32>>,
+    boot_protocol: Option<bool>,
+) -> u32 {
+    let current = bootproto::PROTOCOL_VERSION;
+    let Some(v) = version else { return current };
+    let (span, value) = (v.span(), v.into_inner());
+    if boot_protocol == Some(false) {
+        src.error(
+            span,
+            format!(
+                "{who}: protocol_version has no meaning with boot_protocol = false (the kernel \
+                 reads no boot info)"
+            ),
+        );
+    } else if value != 1 && value != current {
+        src.error(
+            span,
+            format!(
+                "{who}: protocol_version {value} does not exist: use 1 (a kernel built against \
+                 the version 1 header) or {current} (the default; docs/boot-protocol.md)"
+            ),
+        );
+    }
+    value
 }
 
 /// Exactly one of `payload` (one of this repository's) and `image`; an image is handed to

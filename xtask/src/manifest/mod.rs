@@ -129,6 +129,8 @@ pub struct InstanceSpec {
     /// Whether the kernel reports in through the boot protocol (`boot_protocol = false` for an
     /// image built without the payload SDK or the C header: it is healthy once started).
     pub boot_protocol: bool,
+    /// The boot info version written for it (1 for a kernel built against the v1 header).
+    pub protocol_version: u32,
     /// Line and column of the `payload` or `image` value, for errors found by [`to_bundle`].
     kernel_at: (usize, usize),
 }
@@ -148,9 +150,14 @@ impl InstanceSpec {
         };
         let heartbeat =
             self.heartbeat_timeout_ms.map_or("off".to_string(), |ms| format!("{ms} ms"));
+        let protocol = match (self.boot_protocol, self.protocol_version) {
+            (false, _) => String::from(", no boot protocol"),
+            (true, v) if v != bootproto::PROTOCOL_VERSION => format!(", boot info version {v}"),
+            _ => String::new(),
+        };
         format!(
             "{name}: {kernel}, cpu {cpu}, memory {mem}, base {base}, restart {restart}, \
-             heartbeat timeout {heartbeat}, args {args:?}",
+             heartbeat timeout {heartbeat}, args {args:?}{protocol}",
             name = self.name,
             mem = size_text(self.memory),
             args = self.args,

@@ -53,6 +53,7 @@ pub(super) struct RawInstance {
     pub(super) max_restarts: Option<Spanned<u32>>,
     pub(super) heartbeat_timeout_ms: Option<Spanned<u32>>,
     pub(super) boot_protocol: Option<bool>,
+    pub(super) protocol_version: Option<Spanned<u32>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Deserialize)]

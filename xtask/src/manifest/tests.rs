@@ -410,6 +410,7 @@ fn to_bundle_packs_images_once_each() {
             max_restarts: 0,
             heartbeat_timeout_ms: 0,
             boot_protocol: true,
+            protocol_version: bootproto::PROTOCOL_VERSION,
             args: String::new(),
         }
     );
@@ -510,4 +511,18 @@ fn places_count_characters_from_one() {
     assert_eq!(src.place(7), (2, 4));
     assert_eq!(src.place(8), (3, 1));
     assert_eq!(src.place(99), (3, 2));
+}
+
+#[test]
+fn protocol_version_is_1_or_current_and_needs_the_protocol() {
+    let base = "[[instance]]\nname = \"old\"\npayload = \"hello\"\nmemory = \"8M\"\n";
+    let m = check(&format!("{base}protocol_version = 1\n")).expect("valid");
+    assert_eq!(m.instances[0].protocol_version, 1);
+    assert!(m.instances[0].summary().ends_with(", boot info version 1"), "{}", m.instances[0].summary());
+    let m = check(base).expect("valid");
+    assert_eq!(m.instances[0].protocol_version, bootproto::PROTOCOL_VERSION);
+    let e = one_error(&format!("{base}protocol_version = 7\n"));
+    assert!(e.contains("protocol_version 7 does not exist") && e.contains("use 1"), "{e}");
+    let e = one_error(&format!("{base}boot_protocol = false\nprotocol_version = 1\n"));
+    assert!(e.contains("no meaning with boot_protocol = false"), "{e}");
 }
