@@ -10,11 +10,14 @@
 extern crate alloc;
 
 pub mod acpi;
+pub mod acpiview;
 pub mod apic;
 pub mod apstart;
 pub mod bundle;
+pub mod bzimage;
 pub mod frames;
 pub mod lifecycle;
+pub mod linuxboot;
 pub mod logbuf;
 pub mod madt;
 pub mod memmap;

@@ -94,6 +94,9 @@ pub struct InstanceRequest {
     pub fixed_base: Option<u64>,
     /// Bytes of memory below 1 MiB the instance needs for itself (0: none); rounded up to pages.
     pub low_memory: u64,
+    /// A floating instance is placed at or above this address (Linux: 16 MiB, where its
+    /// decompressor runs); 0 for anywhere above 1 MiB.
+    pub min_base: u64,
 }
 
 impl InstanceRequest {
@@ -105,7 +108,13 @@ impl InstanceRequest {
             align: DEFAULT_INSTANCE_ALIGN,
             fixed_base: None,
             low_memory: 0,
+            min_base: 0,
         }
+    }
+
+    pub fn with_min_base(mut self, min_base: u64) -> Self {
+        self.min_base = min_base;
+        self
     }
 
     pub fn with_low_memory(mut self, bytes: u64) -> Self {
@@ -807,7 +816,8 @@ pub fn plan(
         checked.iter().filter(|c| c.req.fixed_base.is_none()).collect();
     floating.sort_by_key(|c| core::cmp::Reverse(c.size));
     for c in floating {
-        match first_fit(&planner.free, c.size, c.req.align, LOW_MEMORY_END, u64::MAX) {
+        let lo = c.req.min_base.max(LOW_MEMORY_END);
+        match first_fit(&planner.free, c.size, c.req.align, lo, u64::MAX) {
             Some(start) => planner
                 .carve(Owner::Instance(c.req.name.clone()), Range::new(start, start + c.size)),
             None => refused.push(InstanceRefusal {
@@ -815,7 +825,7 @@ pub fn plan(
                 problem: InstanceProblem::NoRoom {
                     size: c.size,
                     align: c.req.align,
-                    largest: largest_run(&planner.free, LOW_MEMORY_END, u64::MAX),
+                    largest: largest_run(&planner.free, lo, u64::MAX),
                 },
             }),
         }

@@ -660,3 +660,23 @@ fn random_plans_never_overlap_anything() {
     assert!(planned > 1000 && refused_all > 1000, "{planned} placed, {refused_all} refused");
     assert!(failed < 1500, "{failed} whole-plan failures");
 }
+
+#[test]
+fn a_minimum_base_keeps_a_floating_instance_above_it_and_others_may_go_below() {
+    let map = bios_map();
+    let req = request(vec![
+        InstanceRequest::new("linux", 128 * MIB).with_min_base(16 * MIB).with_low_memory(64 << 10),
+        InstanceRequest::new("small", 4 * MIB),
+    ]);
+    let p = plan(&map, &[], &req).unwrap();
+    check_plan(&map, &[], &req, &p);
+    let linux = p.instance("linux").unwrap();
+    assert_eq!(linux.start, 16 * MIB, "the first 2 MiB-aligned free address at or above 16 MiB");
+    assert!(p.instance("small").unwrap().start < 16 * MIB, "no minimum for the other");
+    let low = p.low_memory("linux").unwrap();
+    assert!(low.start >= LOW_SLICE_START && low.end <= 0x9f000 && low.len() == 64 << 10, "{low:?}");
+    // A minimum nothing fits above is a refusal that reports the largest run above it.
+    let req = request(vec![InstanceRequest::new("high", 64 * MIB).with_min_base(0x2_0000_0000)]);
+    let p = plan(&map, &[], &req).unwrap();
+    assert!(matches!(p.refused[0].problem, InstanceProblem::NoRoom { .. }), "{:?}", p.refused);
+}
