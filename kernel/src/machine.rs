@@ -8,7 +8,7 @@
 //! machines whose timer could not be calibrated, spin on the TSC.
 
 use platform::apstart::{Ipi, IpiError};
-use platform::supervisor::{Clock, Event, Level, MemError, Phys, Sink};
+use platform::supervisor::{Clock, Devices, Event, Level, MemError, Phys, Sink};
 
 use crate::lapic::Lapic;
 use crate::physmem::PlanMemory;
@@ -104,6 +104,20 @@ impl Ipi for Bsp {
     }
     fn send_startup(&mut self, apic_id: u32, vector: u8) -> Result<(), IpiError> {
         self.lapic.send_startup(apic_id, vector)
+    }
+}
+
+impl Devices for Bsp {
+    fn quiesce_uart(&mut self, io_base: u16) {
+        // Only the UARTs a manifest can assign (checked against the bundle's list): never
+        // COM1, the manager's own console.
+        if !platform::bundle::Uart::ALL.iter().any(|u| u.io_base() == io_base) {
+            return;
+        }
+        // SAFETY: `io_base` is one of the legacy UARTs an instance may own; the manager drives
+        // it only here, while no instance owns it (before its start, after its stop).
+        let uart = unsafe { crate::uart::Uart::new(io_base) };
+        uart.quiesce();
     }
 }
 

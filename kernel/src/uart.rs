@@ -90,6 +90,15 @@ impl Uart {
         }
     }
 
+    /// Leaves the UART quiet for its next owner: interrupts off, OUT2/DTR/RTS off, FIFOs
+    /// cleared, 8N1 with the divisor latch closed.
+    pub fn quiesce(&self) {
+        self.out(IER_DLM, 0);
+        self.out(LCR, LCR_8N1);
+        self.out(FCR, FCR_ENABLE_CLEAR);
+        self.out(MCR, 0);
+    }
+
     /// The transmit FIFO is empty: [`Uart::send_burst`] may write up to [`FIFO_BYTES`].
     pub fn can_send(&self) -> bool {
         self.inb(LSR) & LSR_THR_EMPTY != 0

@@ -6,39 +6,131 @@
 //! [`parse`], which trusts nothing: every offset, length, count, string and checksum is checked,
 //! and a bad image entry becomes an error for the instances that use it, not a crash.
 //!
-//! # Format, version 1 (all integers little-endian)
+//! # Format, version 2 (all integers little-endian)
 //! ```text
-//! header   32 B   magic "MKBUNDLE", version u32, header_size u32, file_count u32,
-//!                 instance_count u32, total_len u64
+//! header   48 B   magic "MKBUNDLE", version u32, header_size u32, file_count u32,
+//!                 instance_count u32, total_len u64, extra_offset u64, extra_len u64
 //! settings 32 B   run_ms u32, checkin_timeout_ms u32, log_level u32, flags u32, reserved 16 B
 //! files    file_count × 64 B     name[32], offset u64, len u64, fnv1a64 u64, reserved u64
-//! insts    instance_count × 328 B  name[32], file u32, cpu u32, memory u64, base u64,
-//!                 restart u32, max_restarts u32, heartbeat_timeout_ms u32, flags u32, args[256]
-//!          flags: bit 0 = the image does not speak the boot protocol,
-//!                 bit 1 = write boot info version 1 (a kernel built against the v1 header)
+//! insts    instance_count × 384 B
+//!            0 name[32]          32 file u32            36 flags u32
+//!           40 memory u64        48 base u64 (0: any)   56 restart u32
+//!           60 max_restarts u32  64 heartbeat_timeout_ms u32
+//!           68 protocol u32 (0 multikernel, 1 linux, 2 none)
+//!           72 cpu_count u32     76 cpus_at u32 (offset in extra of cpu_count u32 APIC IDs,
+//!                                   or NONE for "any cpu_count free CPUs")
+//!           80 devices u32 (bit 0 COM2, bit 1 COM3, bit 2 COM4)
+//!           84 initrd u32 (file index, or NONE)
+//!           88 cmdline_at u32, 92 cmdline_len u32 (UTF-8 in extra; len 0: none)
+//!           96 args[256]        352 reserved 32 B
+//!          flags: bit 1 = write boot info version 1 (a kernel built against the v1 header)
+//! extra    extra_len bytes: CPU lists and command lines, referenced by the instances
 //! data     the files' bytes, at their offsets
 //! ```
+//! Version 1 (no CPU lists, protocols, devices, initrds or command lines) is no longer read:
+//! xtask builds the bundle and the manager together.
 
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
 pub const MAGIC: [u8; 8] = *b"MKBUNDLE";
-pub const VERSION: u32 = 1;
-pub const HEADER_LEN: usize = 32;
+pub const VERSION: u32 = 2;
+pub const HEADER_LEN: usize = 48;
 pub const SETTINGS_LEN: usize = 32;
 pub const FILE_ENTRY_LEN: usize = 64;
-pub const INSTANCE_LEN: usize = 328;
+pub const INSTANCE_LEN: usize = 384;
 pub const NAME_LEN: usize = 32;
 pub const ARGS_LEN: usize = 256;
 /// Limits that keep a corrupted count from turning into a huge loop or allocation.
 pub const MAX_FILES: usize = 64;
 pub const MAX_INSTANCES: usize = 1024;
-/// `cpu` value meaning "any free CPU, in inventory order".
-pub const CPU_AUTO: u32 = u32::MAX;
-/// Instance flag: the image does not speak the boot protocol.
-pub const FLAG_NO_BOOT_PROTOCOL: u32 = 1 << 0;
+/// "None" for an index or an offset field.
+pub const NONE: u32 = u32::MAX;
+/// The most CPUs one instance can have (the boot info's CPU list: `info_page::MAX_CPUS`).
+pub const MAX_INSTANCE_CPUS: usize = bootproto::info_page::MAX_CPUS;
+/// The longest command line the manifest may give (Linux takes 2047 bytes in all).
+pub const MAX_CMDLINE: usize = 2048;
+/// Instance flag: write boot info version 1.
 pub const FLAG_PROTOCOL_V1: u32 = 1 << 1;
+
+/// How the manager hands a kernel its machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// The multikernel boot protocol (docs/boot-protocol.md): an ELF image, a boot info, a
+    /// status block and a console ring; every CPU of the instance enters the image.
+    Multikernel,
+    /// An unmodified Linux bzImage through its 64-bit boot protocol: a zero page, a private
+    /// e820 and ACPI view; Linux starts its other CPUs itself.
+    Linux,
+    /// An ELF image that knows nothing of the manager: healthy once its CPUs entered it.
+    None,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Multikernel => "multikernel",
+            Protocol::Linux => "linux",
+            Protocol::None => "none",
+        }
+    }
+}
+
+/// The CPUs an instance asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cpus {
+    /// This many free CPUs, in inventory order.
+    Any(u32),
+    /// These APIC IDs; the first is the instance's boot CPU.
+    Exactly(Vec<u32>),
+}
+
+impl Cpus {
+    pub fn count(&self) -> usize {
+        match self {
+            Cpus::Any(n) => *n as usize,
+            Cpus::Exactly(ids) => ids.len(),
+        }
+    }
+}
+
+/// A legacy UART an instance may own (COM1 is the manager's console).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Uart {
+    Com2,
+    Com3,
+    Com4,
+}
+
+impl Uart {
+    pub const ALL: [Uart; 3] = [Uart::Com2, Uart::Com3, Uart::Com4];
+
+    /// The PC/AT I/O base (COM2 0x2F8, COM3 0x3E8, COM4 0x2E8).
+    pub fn io_base(self) -> u16 {
+        match self {
+            Uart::Com2 => 0x2F8,
+            Uart::Com3 => 0x3E8,
+            Uart::Com4 => 0x2E8,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Uart::Com2 => "com2",
+            Uart::Com3 => "com3",
+            Uart::Com4 => "com4",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Uart> {
+        Uart::ALL.into_iter().find(|u| u.name().eq_ignore_ascii_case(name))
+    }
+
+    fn bit(self) -> u32 {
+        1 << (self as u32)
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Restart {
@@ -74,8 +166,7 @@ pub struct Instance {
     pub name: String,
     /// Index into the bundle's files.
     pub file: u32,
-    /// APIC ID, or [`CPU_AUTO`].
-    pub cpu: u32,
+    pub cpus: Cpus,
     pub memory: u64,
     /// Fixed physical base, or `None` for "anywhere".
     pub base: Option<u64>,
@@ -83,13 +174,25 @@ pub struct Instance {
     pub max_restarts: u32,
     /// 0 = no hang detection.
     pub heartbeat_timeout_ms: u32,
-    /// The image speaks the boot protocol (reports in through its status block). An image that
-    /// does not is healthy once `started`: the manager cannot see more of it.
-    pub boot_protocol: bool,
+    pub protocol: Protocol,
     /// The boot info version the manager writes for it: [`bootproto::PROTOCOL_VERSION`], or 1
     /// for a kernel built against the version 1 header (docs/boot-protocol.md, "Versions").
     pub protocol_version: u32,
+    /// The UARTs it owns, in [`Uart`] order.
+    pub devices: Vec<Uart>,
+    /// Bundle file index of its initial RAM disk (Linux).
+    pub initrd: Option<u32>,
+    /// Its kernel command line (Linux: appended to the manager's defaults).
+    pub cmdline: String,
     pub args: String,
+}
+
+impl Instance {
+    /// The kernel reports in through the multikernel boot protocol (status block, console
+    /// ring); any other is healthy once `started`, as far as the manager can see.
+    pub fn speaks_protocol(&self) -> bool {
+        self.protocol == Protocol::Multikernel
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -137,6 +240,17 @@ pub enum BundleError {
         index: usize,
         value: u32,
     },
+    /// An instance field holds a value the format does not define.
+    BadField {
+        index: usize,
+        what: &'static str,
+        value: u32,
+    },
+    /// An instance's CPU list or command line lies outside the extra area (or is too long).
+    ExtraOutOfBounds {
+        index: usize,
+        what: &'static str,
+    },
     /// Encoding: a field does not fit its fixed size.
     FieldTooLong {
         what: &'static str,
@@ -173,6 +287,12 @@ impl fmt::Display for BundleError {
             ),
             BundleError::BadRestartPolicy { index, value } => {
                 write!(f, "instance #{index} has unknown restart policy {value}")
+            }
+            BundleError::BadField { index, what, value } => {
+                write!(f, "instance #{index} has an undefined {what} value {value:#x}")
+            }
+            BundleError::ExtraOutOfBounds { index, what } => {
+                write!(f, "instance #{index}'s {what} lies outside the bundle's extra area")
             }
             BundleError::FieldTooLong { what, value } => {
                 write!(f, "{what} {value:?} is too long for the boot bundle")
@@ -308,6 +428,7 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, BundleError> {
     let file_count = u32_at(bytes, 16);
     let instance_count = u32_at(bytes, 20);
     let total = u64_at(bytes, 24);
+    let (extra_offset, extra_len) = (u64_at(bytes, 32), u64_at(bytes, 40));
     if total != bytes.len() as u64 {
         return Err(BundleError::LengthMismatch { header: total, actual: bytes.len() });
     }
@@ -326,10 +447,13 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, BundleError> {
     };
     let files_at = HEADER_LEN + SETTINGS_LEN;
     let insts_at = files_at + file_count as usize * FILE_ENTRY_LEN;
-    let data_at = insts_at + instance_count as usize * INSTANCE_LEN;
-    if data_at > bytes.len() {
-        return Err(BundleError::TableOutOfBounds);
-    }
+    let extra_at = insts_at + instance_count as usize * INSTANCE_LEN;
+    let data_at = usize::try_from(extra_len).ok().and_then(|l| extra_at.checked_add(l));
+    let data_at = match data_at {
+        Some(d) if extra_offset == extra_at as u64 && d <= bytes.len() => d,
+        _ => return Err(BundleError::TableOutOfBounds),
+    };
+    let extra = &bytes[extra_at..data_at];
     let mut files = Vec::with_capacity(file_count as usize);
     for i in 0..file_count as usize {
         let e = &bytes[files_at + i * FILE_ENTRY_LEN..files_at + (i + 1) * FILE_ENTRY_LEN];
@@ -353,22 +477,79 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, BundleError> {
             1 => Restart::OnFailure,
             value => return Err(BundleError::BadRestartPolicy { index: i, value }),
         };
+        let flags = u32_at(e, 36);
+        let field = |what, value| BundleError::BadField { index: i, what, value };
+        let protocol = match u32_at(e, 68) {
+            0 => Protocol::Multikernel,
+            1 => Protocol::Linux,
+            2 => Protocol::None,
+            value => return Err(field("protocol", value)),
+        };
+        let cpu_count = u32_at(e, 72);
+        if cpu_count == 0 || cpu_count as usize > MAX_INSTANCE_CPUS {
+            return Err(field("CPU count", cpu_count));
+        }
+        let extra_slice = |at: u32, len: usize, what| {
+            (at as usize)
+                .checked_add(len)
+                .and_then(|end| extra.get(at as usize..end))
+                .ok_or(BundleError::ExtraOutOfBounds { index: i, what })
+        };
+        let cpus = match u32_at(e, 76) {
+            NONE => Cpus::Any(cpu_count),
+            at => Cpus::Exactly(
+                extra_slice(at, 4 * cpu_count as usize, "CPU list")?
+                    .as_chunks::<4>()
+                    .0
+                    .iter()
+                    .map(|c| u32::from_le_bytes(*c))
+                    .collect(),
+            ),
+        };
+        let device_bits = u32_at(e, 80);
+        let devices: Vec<Uart> =
+            Uart::ALL.into_iter().filter(|u| device_bits & u.bit() != 0).collect();
+        if devices.iter().fold(device_bits, |b, u| b & !u.bit()) != 0 {
+            return Err(field("devices", device_bits));
+        }
+        let initrd = match u32_at(e, 84) {
+            NONE => None,
+            f if f < file_count => Some(f),
+            f => return Err(field("initrd file", f)),
+        };
+        let cmdline_len = u32_at(e, 92) as usize;
+        if cmdline_len > MAX_CMDLINE {
+            return Err(BundleError::ExtraOutOfBounds { index: i, what: "command line" });
+        }
+        let cmdline = match cmdline_len {
+            0 => String::new(),
+            len => {
+                let b = extra_slice(u32_at(e, 88), len, "command line")?;
+                match core::str::from_utf8(b) {
+                    Ok(s) if !s.contains('\0') => String::from(s),
+                    _ => return Err(BundleError::BadString { what: "command line", index: i }),
+                }
+            }
+        };
         instances.push(Instance {
             name,
             file: u32_at(e, 32),
-            cpu: u32_at(e, 36),
+            cpus,
             memory: u64_at(e, 40),
             base: if base == 0 { None } else { Some(base) },
             restart,
             max_restarts: u32_at(e, 60),
             heartbeat_timeout_ms: u32_at(e, 64),
-            boot_protocol: u32_at(e, 68) & FLAG_NO_BOOT_PROTOCOL == 0,
-            protocol_version: if u32_at(e, 68) & FLAG_PROTOCOL_V1 != 0 {
+            protocol,
+            protocol_version: if flags & FLAG_PROTOCOL_V1 != 0 {
                 1
             } else {
                 bootproto::PROTOCOL_VERSION
             },
-            args: str_field(&e[72..72 + ARGS_LEN], "instance args", i)?,
+            devices,
+            initrd,
+            cmdline,
+            args: str_field(&e[96..96 + ARGS_LEN], "instance args", i)?,
         });
     }
     Ok(Parsed { settings, files, instances })
@@ -393,7 +574,37 @@ impl Bundle {
         }
         let files_at = HEADER_LEN + SETTINGS_LEN;
         let insts_at = files_at + self.files.len() * FILE_ENTRY_LEN;
-        let data_at = insts_at + self.instances.len() * INSTANCE_LEN;
+        let extra_at = insts_at + self.instances.len() * INSTANCE_LEN;
+        // The extra area: each explicit CPU list, then each command line.
+        let mut extra: Vec<u8> = Vec::new();
+        let mut refs: Vec<(u32, u32, u32)> = Vec::new(); // (cpus_at, cmdline_at, cmdline_len)
+        for inst in &self.instances {
+            let n = inst.cpus.count();
+            if n == 0 || n > MAX_INSTANCE_CPUS {
+                return Err(BundleError::FieldTooLong {
+                    what: "CPU list",
+                    value: alloc::format!("{} CPUs for '{}'", n, inst.name),
+                });
+            }
+            if inst.cmdline.len() > MAX_CMDLINE || inst.cmdline.contains('\0') {
+                return Err(BundleError::FieldTooLong {
+                    what: "command line",
+                    value: inst.cmdline.clone(),
+                });
+            }
+            let cpus_at = match &inst.cpus {
+                Cpus::Any(_) => NONE,
+                Cpus::Exactly(ids) => {
+                    let at = extra.len() as u32;
+                    ids.iter().for_each(|id| extra.extend_from_slice(&id.to_le_bytes()));
+                    at
+                }
+            };
+            let cmdline_at = extra.len() as u32;
+            extra.extend_from_slice(inst.cmdline.as_bytes());
+            refs.push((cpus_at, cmdline_at, inst.cmdline.len() as u32));
+        }
+        let data_at = extra_at + extra.len();
         let total = data_at + self.files.iter().map(|f| f.data.len()).sum::<usize>();
         let mut out = alloc::vec![0u8; total];
         out[..8].copy_from_slice(&MAGIC);
@@ -402,6 +613,9 @@ impl Bundle {
         out[16..20].copy_from_slice(&(self.files.len() as u32).to_le_bytes());
         out[20..24].copy_from_slice(&(self.instances.len() as u32).to_le_bytes());
         out[24..32].copy_from_slice(&(total as u64).to_le_bytes());
+        out[32..40].copy_from_slice(&(extra_at as u64).to_le_bytes());
+        out[40..48].copy_from_slice(&(extra.len() as u64).to_le_bytes());
+        out[extra_at..data_at].copy_from_slice(&extra);
         let s = &mut out[HEADER_LEN..HEADER_LEN + SETTINGS_LEN];
         s[0..4].copy_from_slice(&self.settings.run_ms.to_le_bytes());
         s[4..8].copy_from_slice(&self.settings.checkin_timeout_ms.to_le_bytes());
@@ -417,26 +631,44 @@ impl Bundle {
             out[data_off..data_off + f.data.len()].copy_from_slice(&f.data);
             data_off += f.data.len();
         }
-        for (i, inst) in self.instances.iter().enumerate() {
+        for (i, (inst, &(cpus_at, cmdline_at, cmdline_len))) in
+            self.instances.iter().zip(&refs).enumerate()
+        {
             let at = insts_at + i * INSTANCE_LEN;
-            put_str(&mut out[at..at + NAME_LEN], &inst.name, "instance name")?;
-            out[at + 32..at + 36].copy_from_slice(&inst.file.to_le_bytes());
-            out[at + 36..at + 40].copy_from_slice(&inst.cpu.to_le_bytes());
-            out[at + 40..at + 48].copy_from_slice(&inst.memory.to_le_bytes());
-            out[at + 48..at + 56].copy_from_slice(&inst.base.unwrap_or(0).to_le_bytes());
+            let e = &mut out[at..at + INSTANCE_LEN];
+            put_str(&mut e[..NAME_LEN], &inst.name, "instance name")?;
             let restart: u32 = match inst.restart {
                 Restart::Never => 0,
                 Restart::OnFailure => 1,
             };
-            out[at + 56..at + 60].copy_from_slice(&restart.to_le_bytes());
-            out[at + 60..at + 64].copy_from_slice(&inst.max_restarts.to_le_bytes());
-            out[at + 64..at + 68].copy_from_slice(&inst.heartbeat_timeout_ms.to_le_bytes());
-            let mut flags = if inst.boot_protocol { 0 } else { FLAG_NO_BOOT_PROTOCOL };
-            if inst.protocol_version == 1 {
-                flags |= FLAG_PROTOCOL_V1;
+            let flags = if inst.protocol_version == 1 { FLAG_PROTOCOL_V1 } else { 0 };
+            let protocol: u32 = match inst.protocol {
+                Protocol::Multikernel => 0,
+                Protocol::Linux => 1,
+                Protocol::None => 2,
+            };
+            let devices = inst.devices.iter().fold(0, |b, u| b | u.bit());
+            let words: [(usize, u32); 13] = [
+                (32, inst.file),
+                (36, flags),
+                (56, restart),
+                (60, inst.max_restarts),
+                (64, inst.heartbeat_timeout_ms),
+                (68, protocol),
+                (72, inst.cpus.count() as u32),
+                (76, cpus_at),
+                (80, devices),
+                (84, inst.initrd.unwrap_or(NONE)),
+                (88, cmdline_at),
+                (92, cmdline_len),
+                (352, 0),
+            ];
+            for (off, v) in words {
+                e[off..off + 4].copy_from_slice(&v.to_le_bytes());
             }
-            out[at + 68..at + 72].copy_from_slice(&flags.to_le_bytes());
-            put_str(&mut out[at + 72..at + 72 + ARGS_LEN], &inst.args, "instance args")?;
+            e[40..48].copy_from_slice(&inst.memory.to_le_bytes());
+            e[48..56].copy_from_slice(&inst.base.unwrap_or(0).to_le_bytes());
+            put_str(&mut e[96..96 + ARGS_LEN], &inst.args, "instance args")?;
         }
         Ok(out)
     }
@@ -458,27 +690,49 @@ mod tests {
                 Instance {
                     name: "a".into(),
                     file: 0,
-                    cpu: 1,
+                    cpus: Cpus::Exactly(vec![1]),
                     memory: 8 << 20,
                     base: None,
                     restart: Restart::Never,
                     max_restarts: 0,
                     heartbeat_timeout_ms: 0,
-                    boot_protocol: true,
+                    protocol: Protocol::Multikernel,
                     protocol_version: bootproto::PROTOCOL_VERSION,
+                    devices: vec![],
+                    initrd: None,
+                    cmdline: String::new(),
                     args: "x=1".into(),
                 },
                 Instance {
                     name: "b".into(),
                     file: 1,
-                    cpu: CPU_AUTO,
+                    cpus: Cpus::Any(1),
                     memory: 16 << 20,
                     base: Some(0x800_0000),
                     restart: Restart::OnFailure,
                     max_restarts: 3,
                     heartbeat_timeout_ms: 500,
-                    boot_protocol: false,
+                    protocol: Protocol::None,
                     protocol_version: 1,
+                    devices: vec![],
+                    initrd: None,
+                    cmdline: String::new(),
+                    args: String::new(),
+                },
+                Instance {
+                    name: "linux".into(),
+                    file: 1,
+                    cpus: Cpus::Exactly(vec![5, 3, 300]),
+                    memory: 256 << 20,
+                    base: None,
+                    restart: Restart::Never,
+                    max_restarts: 0,
+                    heartbeat_timeout_ms: 0,
+                    protocol: Protocol::Linux,
+                    protocol_version: bootproto::PROTOCOL_VERSION,
+                    devices: vec![Uart::Com2, Uart::Com4],
+                    initrd: Some(0),
+                    cmdline: "quiet loglevel=3 é".into(),
                     args: String::new(),
                 },
             ],
@@ -534,6 +788,45 @@ mod tests {
         let at = HEADER_LEN + SETTINGS_LEN + 2 * FILE_ENTRY_LEN + 56;
         b[at] = 7;
         assert_eq!(parse(&b), Err(BundleError::BadRestartPolicy { index: 0, value: 7 }));
+        // The new version-2 fields: an undefined protocol, a CPU list or command line that
+        // points past the extra area, device bits that name no UART, an initrd that is no file.
+        let inst0 = HEADER_LEN + SETTINGS_LEN + 2 * FILE_ENTRY_LEN;
+        let inst2 = inst0 + 2 * INSTANCE_LEN;
+        let with = |at: usize, v: u32| {
+            let mut b = good.clone();
+            b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+            parse(&b)
+        };
+        assert_eq!(
+            with(inst0 + 68, 9),
+            Err(BundleError::BadField { index: 0, what: "protocol", value: 9 })
+        );
+        assert_eq!(
+            with(inst0 + 72, 0),
+            Err(BundleError::BadField { index: 0, what: "CPU count", value: 0 })
+        );
+        assert_eq!(
+            with(inst2 + 76, 1 << 20),
+            Err(BundleError::ExtraOutOfBounds { index: 2, what: "CPU list" })
+        );
+        assert_eq!(
+            with(inst2 + 72, 200),
+            Err(BundleError::ExtraOutOfBounds { index: 2, what: "CPU list" })
+        );
+        assert_eq!(
+            with(inst2 + 88, u32::MAX - 2),
+            Err(BundleError::ExtraOutOfBounds { index: 2, what: "command line" })
+        );
+        assert_eq!(
+            with(inst2 + 80, 0x9),
+            Err(BundleError::BadField { index: 2, what: "devices", value: 9 })
+        );
+        assert_eq!(
+            with(inst2 + 84, 2),
+            Err(BundleError::BadField { index: 2, what: "initrd file", value: 2 })
+        );
+        // The extra area's place and size are checked against the tables.
+        assert_eq!(with(32, 0), Err(BundleError::TableOutOfBounds));
         // A name with garbage after its NUL.
         let mut b = good;
         let at = HEADER_LEN + SETTINGS_LEN + 2 * FILE_ENTRY_LEN + 20;
@@ -567,5 +860,11 @@ mod tests {
         let mut b = sample();
         b.instances[0].name = "x".repeat(40);
         assert!(matches!(b.encode(), Err(BundleError::FieldTooLong { what: "instance name", .. })));
+        let mut b = sample();
+        b.instances[0].cpus = Cpus::Exactly(vec![1; MAX_INSTANCE_CPUS + 1]);
+        assert!(matches!(b.encode(), Err(BundleError::FieldTooLong { what: "CPU list", .. })));
+        let mut b = sample();
+        b.instances[2].cmdline = "a\0b".into();
+        assert!(matches!(b.encode(), Err(BundleError::FieldTooLong { what: "command line", .. })));
     }
 }

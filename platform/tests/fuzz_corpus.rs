@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use platform::bundle::{self, Bundle, File, Instance, Restart, Settings, CPU_AUTO};
+use platform::bundle::{self, Bundle, Cpus, File, Instance, Protocol, Restart, Settings, Uart};
 use platform::madt;
 
 /// The seeds of a fuzz target: the MADT target's are the captured tables of
@@ -61,19 +61,23 @@ fn regenerate_bundle_seeds() {
         v.extend(std::iter::repeat_n(n, 60));
         v
     };
-    let inst = |name: &str, file: u32, cpu: u32| Instance {
+    let inst = |name: &str, file: u32, cpus: Cpus| Instance {
         name: name.into(),
         file,
-        cpu,
+        cpus,
         memory: 8 << 20,
         base: None,
         restart: Restart::Never,
         max_restarts: 0,
         heartbeat_timeout_ms: 0,
-        boot_protocol: true,
+        protocol: Protocol::Multikernel,
         protocol_version: bootproto::PROTOCOL_VERSION,
+        devices: vec![],
+        initrd: None,
+        cmdline: String::new(),
         args: "ticks=5".into(),
     };
+    let one = |id: u32| Cpus::Exactly(vec![id]);
     let seeds = [
         ("empty.bin", Bundle::default()),
         (
@@ -81,7 +85,7 @@ fn regenerate_bundle_seeds() {
             Bundle {
                 settings: Settings::default(),
                 files: vec![File { name: "a".into(), data: elf_like(1) }],
-                instances: vec![inst("x", 0, 1), inst("y", 0, CPU_AUTO)],
+                instances: vec![inst("x", 0, one(1)), inst("y", 0, Cpus::Any(1))],
             },
         ),
         (
@@ -97,9 +101,34 @@ fn regenerate_bundle_seeds() {
                         restart: Restart::OnFailure,
                         max_restarts: 3,
                         heartbeat_timeout_ms: 500,
-                        ..inst("r", 1, 2)
+                        ..inst("r", 1, one(2))
                     },
-                    Instance { boot_protocol: false, base: Some(0x800_0000), ..inst("f", 0, 3) },
+                    Instance {
+                        protocol: Protocol::None,
+                        base: Some(0x800_0000),
+                        ..inst("f", 0, one(3))
+                    },
+                ],
+            },
+        ),
+        (
+            "linux-and-multi-cpu.bin",
+            Bundle {
+                settings: Settings::default(),
+                files: vec![
+                    File { name: "bz".into(), data: elf_like(4) },
+                    File { name: "initrd".into(), data: vec![0x1f, 0x8b, 8, 0] },
+                ],
+                instances: vec![
+                    Instance {
+                        protocol: Protocol::Linux,
+                        memory: 256 << 20,
+                        devices: vec![Uart::Com2],
+                        initrd: Some(1),
+                        cmdline: "quiet".into(),
+                        ..inst("linux", 0, Cpus::Exactly(vec![2, 3]))
+                    },
+                    inst("pair", 0, Cpus::Any(2)),
                 ],
             },
         ),

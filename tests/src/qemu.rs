@@ -88,17 +88,58 @@ pub struct Config {
     /// `screendump`, PPM) into the work directory and end the run: how the tests see what a
     /// machine without a serial port shows.
     pub screendump_after: Option<String>,
+    /// The legacy UARTs instances own: each gets its own log file in the work directory.
+    pub devices: Vec<Device>,
+}
+
+/// A UART an instance owns, as QEMU provides it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Device {
+    /// "com2", "com3" or "com4".
+    pub name: String,
+    /// The instance that owns it (its lines are echoed as `[instance] ...`).
+    pub instance: String,
+}
+
+impl Device {
+    /// The ISA serial index QEMU gives it: the n-th `-serial` option is COMn.
+    fn index(&self) -> Option<usize> {
+        match self.name.as_str() {
+            "com2" => Some(2),
+            "com3" => Some(3),
+            "com4" => Some(4),
+            _ => None,
+        }
+    }
+}
+
+/// What a device UART printed during a run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceOutput {
+    pub device: String,
+    pub instance: String,
+    pub log: PathBuf,
+    pub text: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InputStep {
     pub wait_for: String,
     pub send: String,
+    /// Wait for the text on this device UART ("com2", ...) instead of the manager's console
+    /// (typing always goes to the manager's console).
+    pub on: Option<String>,
 }
 
 impl InputStep {
     pub fn new(wait_for: &str, send: &str) -> Self {
-        InputStep { wait_for: wait_for.into(), send: send.into() }
+        InputStep { wait_for: wait_for.into(), send: send.into(), on: None }
+    }
+
+    /// A step that waits for `wait_for` on device `device` (counting from the `nth` time it
+    /// appears there, 1 for the first).
+    pub fn on_device(device: &str, wait_for: &str, send: &str) -> Self {
+        InputStep { wait_for: wait_for.into(), send: send.into(), on: Some(device.into()) }
     }
 }
 
@@ -135,7 +176,13 @@ impl Config {
             interactive: false,
             input: Vec::new(),
             screendump_after: None,
+            devices: Vec::new(),
         }
+    }
+
+    /// Where device `d`'s output goes.
+    pub fn device_log(&self, d: &Device) -> PathBuf {
+        self.work_dir.join(format!("{}.log", d.name))
     }
 
     fn monitor_socket(&self) -> PathBuf {
@@ -182,6 +229,22 @@ impl Config {
         }
         push("-serial");
         push("chardev:console");
+        // COM2..COM4 in order: the n-th -serial is COMn, so a gap gets a null backend.
+        let highest = self.devices.iter().filter_map(Device::index).max().unwrap_or(1);
+        for n in 2..=highest {
+            match self.devices.iter().find(|d| d.index() == Some(n)) {
+                Some(d) => {
+                    push("-chardev");
+                    push(&format!("file,id={},path={}", d.name, self.device_log(d).display()));
+                    push("-serial");
+                    push(&format!("chardev:{}", d.name));
+                }
+                None => {
+                    push("-serial");
+                    push("null");
+                }
+            }
+        }
         if self.firmware == Firmware::Uefi {
             let ovmf = self.ovmf.as_ref().context("UEFI runs need OVMF (see `find_ovmf`)")?;
             let vars = ovmf_vars.context("UEFI runs need a writable OVMF variables file")?;
@@ -209,6 +272,8 @@ pub struct Outcome {
     pub command: Vec<String>,
     /// The screenshot taken for `screendump_after`, if it was taken.
     pub screendump: Option<PathBuf>,
+    /// What each device UART printed.
+    pub devices: Vec<DeviceOutput>,
 }
 
 /// Boots `cfg.image` and waits (bounded) for the verdict.
@@ -250,6 +315,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<Outcome> {
         let serial = std::fs::read_to_string(&cfg.serial_log).unwrap_or_default();
         let ending = status.code().map_or(Ending::Signalled, Ending::Exited);
         let verdict = verdict::decide(&ending, &serial);
+        let devices = device_outputs(cfg);
         return Ok(Outcome {
             ending,
             verdict,
@@ -257,6 +323,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<Outcome> {
             duration: start.elapsed(),
             command,
             screendump: None,
+            devices,
         });
     }
 
@@ -298,6 +365,15 @@ pub fn run(cfg: &Config) -> anyhow::Result<Outcome> {
         s
     });
 
+    // Device UARTs write to files; follow them, echoing their lines as `[instance] line`.
+    for d in &cfg.devices {
+        let _ = File::create(cfg.device_log(d));
+    }
+    let mut followed: Vec<(Device, usize, String)> =
+        cfg.devices.iter().map(|d| (d.clone(), 0usize, String::new())).collect();
+    let device_search: std::collections::HashMap<String, usize> = Default::default();
+    let mut device_search = device_search;
+
     let mut stdin = child.stdin.take();
     let mut steps = cfg.input.iter();
     let mut step = steps.next();
@@ -322,13 +398,45 @@ pub fn run(cfg: &Config) -> anyhow::Result<Outcome> {
                 break Ending::Signalled;
             }
         }
+        for (d, seen, partial) in followed.iter_mut() {
+            let bytes = std::fs::read(cfg.device_log(d)).unwrap_or_default();
+            if bytes.len() > *seen {
+                let new = String::from_utf8_lossy(&bytes[*seen..]).into_owned();
+                *seen = bytes.len();
+                partial.push_str(&new);
+                while let Some(nl) = partial.find('\n') {
+                    let line: String = partial.drain(..=nl).collect();
+                    if cfg.echo {
+                        let line = line.trim_end_matches(['\r', '\n']);
+                        println!("[{}] {line}", d.instance);
+                    }
+                }
+            }
+        }
         if let (Some(s), Some(input)) = (step, stdin.as_mut()) {
-            let found = {
-                let text = captured.lock().expect("console buffer lock");
-                find_bytes(text.get(search_from..).unwrap_or(&[]), s.wait_for.as_bytes())
+            let found = match &s.on {
+                None => {
+                    let text = captured.lock().expect("console buffer lock");
+                    find_bytes(text.get(search_from..).unwrap_or(&[]), s.wait_for.as_bytes())
+                        .map(|at| search_from + at)
+                }
+                Some(dev) => {
+                    let from = device_search.get(dev).copied().unwrap_or(0);
+                    let d = cfg.devices.iter().find(|d| &d.name == dev);
+                    let text = d.map(|d| std::fs::read(cfg.device_log(d)).unwrap_or_default());
+                    text.and_then(|t| {
+                        find_bytes(t.get(from..).unwrap_or(&[]), s.wait_for.as_bytes())
+                            .map(|at| from + at)
+                    })
+                }
             };
             if let Some(at) = found {
-                search_from += at + s.wait_for.len();
+                match &s.on {
+                    None => search_from = at + s.wait_for.len(),
+                    Some(dev) => {
+                        device_search.insert(dev.clone(), at + s.wait_for.len());
+                    }
+                }
                 // Type slowly enough for a 16550 without FIFO handling on the other side.
                 for b in s.send.bytes() {
                     let _ = input.write_all(&[b]);
@@ -362,7 +470,21 @@ pub fn run(cfg: &Config) -> anyhow::Result<Outcome> {
             verdict.reason = format!("{}; QEMU said: {}", verdict.reason, qemu_stderr.trim());
         }
     }
-    Ok(Outcome { ending, verdict, serial, duration, command, screendump })
+    let devices = device_outputs(cfg);
+    Ok(Outcome { ending, verdict, serial, duration, command, screendump, devices })
+}
+
+/// Every device UART's log, read back.
+fn device_outputs(cfg: &Config) -> Vec<DeviceOutput> {
+    cfg.devices
+        .iter()
+        .map(|d| {
+            let log = cfg.device_log(d);
+            let text =
+                String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
+            DeviceOutput { device: d.name.clone(), instance: d.instance.clone(), log, text }
+        })
+        .collect()
 }
 
 /// Asks QEMU's monitor for a screenshot and waits (bounded) until the file is complete.
@@ -458,7 +580,21 @@ mod tests {
             interactive: false,
             input: vec![],
             screendump_after: None,
+            devices: vec![],
         }
+    }
+
+    #[test]
+    fn device_uarts_get_their_own_files_and_gaps_get_null_backends() {
+        let mut c = cfg(Firmware::Bios);
+        c.devices = vec![Device { name: "com4".into(), instance: "linux".into() }];
+        let a = joined(&c.args(None).unwrap());
+        // -serial #1 is the console (COM1), #2 and #3 are null, #4 the instance's file.
+        assert!(
+            a.contains("-serial chardev:console -serial null -serial null -chardev file,id=com4,path=/tmp/x/com4.log -serial chardev:com4"),
+            "{a}"
+        );
+        assert!(!joined(&cfg(Firmware::Bios).args(None).unwrap()).contains("-serial null"));
     }
 
     fn joined(a: &[String]) -> String {

@@ -16,6 +16,14 @@ use serde_json::{Map, Value};
 pub use bootproto::report::PREFIX as REPORT_PREFIX;
 pub const REPORT_VERSION: u32 = 1;
 
+/// One device UART of a run: `{"device": "com2", "instance": NAME, "log": PATH}`.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    pub device: String,
+    pub instance: String,
+    pub log: String,
+}
+
 #[derive(Serialize, Debug, Clone)]
 pub struct RunReport {
     pub version: u32,
@@ -29,6 +37,9 @@ pub struct RunReport {
     pub serial_log: String,
     pub duration_ms: u64,
     pub qemu_command: Vec<String>,
+    /// The UARTs instances owned, and where each one's output went.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceRecord>,
     /// Sections the manager reported (`boot`, and later `cpus`, `plan`, `instances`).
     #[serde(flatten)]
     pub sections: Map<String, Value>,

@@ -90,6 +90,62 @@ pub const DEFAULT_MANIFEST: &str = "manifests/default.toml";
 /// Sixty-four `hello` instances for -smp 65 (a repository manifest users can boot too).
 pub const SCALE_64_MANIFEST: &str = "manifests/scale-64.toml";
 
+/// Debian's Linux on APICs 2 and 3 with COM2 and 256 MiB, beside `hello` and `hello-c`
+/// (-smp 5). It reports in through its status page (the demo init's opt-in heartbeat).
+const LINUX_BESIDE_SMALL_KERNELS: &str = r#"
+[settings]
+run_ms = 0
+boot_timeout_ms = 2000
+
+[[instance]]
+name = "linux"
+protocol = "linux"
+image = "{vmlinuz}"
+initrd = "{initrd}"
+memory = "256M"
+cpus = [2, 3]
+devices = ["com2"]
+heartbeat_timeout_ms = 5000
+
+[[instance]]
+name = "hello"
+payload = "hello"
+memory = "8M"
+cpu = 1
+args = "ticks=1000"
+
+[[instance]]
+name = "hello-c"
+payload = "hello-c"
+memory = "8M"
+cpu = 4
+"#;
+
+/// Two Linux instances at once, each on two CPUs and its own UART (-smp 5).
+const TWO_LINUX: &str = r#"
+[settings]
+run_ms = 0
+boot_timeout_ms = 2000
+
+[[instance]]
+name = "linux-a"
+protocol = "linux"
+image = "{vmlinuz}"
+initrd = "{initrd}"
+memory = "192M"
+cpus = [1, 2]
+devices = ["com2"]
+
+[[instance]]
+name = "linux-b"
+protocol = "linux"
+image = "{vmlinuz}"
+initrd = "{initrd}"
+memory = "192M"
+cpus = [3, 4]
+devices = ["com3"]
+"#;
+
 /// Four instances for the three APs of -smp 4.
 const FOUR_ON_THREE_APS: &str = r#"
 [[instance]]
@@ -228,6 +284,12 @@ pub struct Scenario {
     pub run_ms: u32,
     /// Console input: (text to wait for, text to type).
     pub input: Vec<(String, String)>,
+    /// More input steps, after `input`'s, in order: (the instance UART to wait on, or `None`
+    /// for the manager's console; the text; what to type on the manager's console).
+    pub steps: Vec<(Option<&'static str>, &'static str, &'static str)>,
+    /// The scenario boots Linux: `manifest` may use `{vmlinuz}` and `{initrd}` (Debian's cloud
+    /// kernel and the demo initramfs, from `cargo xtask linux`); without them it is skipped.
+    pub linux: bool,
     /// Images of the bundle to damage, by payload name.
     pub tamper: &'static [(&'static str, Tamper)],
     /// Take a screenshot once this console text appears, then end the run.
@@ -261,6 +323,8 @@ const fn scenario(
         timeout_secs: 120,
         run_ms: 3000,
         input: Vec::new(),
+        steps: Vec::new(),
+        linux: false,
         manifest: None,
         manifest_file: None,
         tamper: &[],
@@ -298,6 +362,33 @@ pub fn all() -> Vec<Scenario> {
     {
         let mut s = scenario(name, fw, &[], 4, check_more_instances_than_cpus);
         s.manifest = Some(FOUR_ON_THREE_APS);
+        v.push(s);
+    }
+    for (name, fw) in
+        [("linux-beside-small-kernels-bios", Bios), ("linux-beside-small-kernels-uefi", Uefi)]
+    {
+        let mut s = scenario(name, fw, &[], 5, check_linux_beside_small_kernels);
+        s.linux = true;
+        s.manifest = Some(LINUX_BESIDE_SMALL_KERNELS);
+        s.memory = "1G";
+        s.timeout_secs = 240;
+        // Linux reaches its init and reports in; the shell stops it and starts it again; after
+        // its second init, the run ends.
+        s.steps = vec![
+            (Some("com2"), "MK-LINUX-DONE", "stop linux\r"),
+            (None, "-> stopped", "start linux\r"),
+            (Some("com2"), "MK-LINUX-DONE", "quit\r"),
+        ];
+        v.push(s);
+    }
+    for (name, fw) in [("two-linux-instances-bios", Bios), ("two-linux-instances-uefi", Uefi)] {
+        let mut s = scenario(name, fw, &[], 5, check_two_linux);
+        s.linux = true;
+        s.manifest = Some(TWO_LINUX);
+        s.memory = "1G";
+        s.timeout_secs = 240;
+        s.steps =
+            vec![(Some("com3"), "MK-LINUX-DONE", ""), (Some("com2"), "MK-LINUX-DONE", "quit\r")];
         v.push(s);
     }
     for (name, fw) in [("x2apic-default-run-bios", Bios), ("x2apic-default-run-uefi", Uefi)] {
@@ -591,6 +682,110 @@ fn check_more_instances_than_cpus(o: &Outcome) -> Result<(), String> {
     expect(!d["region_base"].is_u64(), || "memory was carved for a refused instance".into())?;
     let inits: u64 = (0..8).map(|a| ipis_to(o, a).map_or(0, |x| x.0)).sum();
     expect(inits == 3, || format!("{inits} INITs sent; expected one per AP, none for d"))
+}
+
+/// What one Linux instance showed on its UART, checked against the memory the manager gave it
+/// (from the report's plan): reached init, saw `cpus` CPUs and nothing of anyone else's memory,
+/// drove only its own UART, ran a shell command. Returns how many times it reached init.
+fn check_linux_console(
+    o: &Outcome,
+    instance: &str,
+    device: &str,
+    cpus: usize,
+) -> Result<usize, String> {
+    let out = o
+        .devices
+        .iter()
+        .find(|d| d.instance == instance && d.device == device)
+        .ok_or_else(|| format!("no {device} output for '{instance}'"))?;
+    let text = &out.text;
+    let log = out.log.display();
+    for marker in ["KASLR disabled: 'nokaslr'", "Run /init", "MK-SHELL-OK", "MK-LINUX-DONE"] {
+        expect(text.contains(marker), || format!("'{instance}' never printed {marker:?} ({log})"))?;
+    }
+    for bad in [
+        "Kernel panic",
+        "unable to open an initial console",
+        "Real mode trampoline was not allocated",
+        "0x3f8",
+    ] {
+        expect(!text.contains(bad), || format!("'{instance}' printed {bad:?} ({log})"))?;
+    }
+    expect(text.contains("ttyS0 at I/O 0x"), || format!("'{instance}' found no UART ({log})"))?;
+    let online =
+        if cpus == 1 { "online=0 ".to_string() } else { format!("online=0-{} ", cpus - 1) };
+    expect(text.contains(&format!("MK-CPUS {online}")), || {
+        format!(
+            "'{instance}' does not see exactly {cpus} CPUs: {:?}",
+            text.lines().find(|l| l.starts_with("MK-CPUS"))
+        )
+    })?;
+    // Every range of its firmware memory map lies in its region or its low slice.
+    let (sections, _) = collect_sections(&o.serial);
+    let plan = sections.get(section::PLAN).and_then(Value::as_array).ok_or("no plan section")?;
+    let owned: Vec<(u64, u64)> = plan
+        .iter()
+        .filter(|r| {
+            let owner = r["owner"].as_str().unwrap_or("");
+            owner == format!("instance: {instance}") || owner == format!("low memory: {instance}")
+        })
+        .filter_map(|r| Some((r["base"].as_u64()?, r["base"].as_u64()? + r["size"].as_u64()?)))
+        .collect();
+    expect(owned.len() == 2, || {
+        format!("'{instance}' has {} planned ranges, expected region + low slice", owned.len())
+    })?;
+    let mut seen = 0;
+    for line in text.lines().filter_map(|l| l.trim_end_matches('\r').strip_prefix("memmap ")) {
+        let range = line.split(' ').next().unwrap_or("");
+        let (a, b) = range.split_once('-').ok_or_else(|| format!("bad memmap line {line:?}"))?;
+        let parse = |s: &str| {
+            u64::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|e| format!("{s}: {e}"))
+        };
+        let (start, end) = (parse(a)?, parse(b)? + 1);
+        expect(owned.iter().any(|&(lo, hi)| lo <= start && end <= hi), || {
+            format!("'{instance}' was told about memory it does not own: {line}")
+        })?;
+        seen += 1;
+    }
+    expect(seen >= 3, || format!("'{instance}' printed {seen} memmap lines ({log})"))?;
+    Ok(text.matches("MK-LINUX-DONE").count())
+}
+
+fn check_linux_beside_small_kernels(o: &Outcome) -> Result<(), String> {
+    let inits = check_linux_console(o, "linux", "com2", 2)?;
+    expect(inits == 2, || {
+        format!("Linux reached its init {inits} times; expected 2 (boot, then stop + start)")
+    })?;
+    let list = instances(o)?;
+    check_running(&list, "hello")?;
+    check_running(&list, "hello-c")?;
+    let linux = instance(&list, "linux")?;
+    let states: Vec<&str> = linux["transitions"]
+        .as_array()
+        .map(|t| t.iter().filter_map(|x| x["state"].as_str()).collect())
+        .unwrap_or_default();
+    let stopped = states.iter().position(|s| *s == "stopped");
+    expect(stopped.is_some_and(|i| states[i..].contains(&"running")), || {
+        format!("Linux was not stopped and started again to running: {states:?}")
+    })?;
+    expect(linux["heartbeat"].as_u64().unwrap_or(0) > 0, || "Linux never heartbeat".into())?;
+    // The neighbours kept printing while Linux booted, stopped and booted again.
+    let ticks = console(o, "hello").iter().filter(|l| l.contains("tick")).count();
+    expect(ticks >= 10, || format!("hello printed only {ticks} ticks"))?;
+    let hello = instance(&list, "hello")?;
+    expect(hello["console_dropped"] == 0, || "hello lost console bytes".into())?;
+    // Linux's other CPU was started by Linux, not by the manager: one INIT (the park) and the
+    // park's SIPIs per start from the manager, and the manager's boot CPU never touched.
+    let (init3, _) = ipis_to(o, 3)?;
+    expect(init3 == 3, || {
+        format!("APIC 3 got {init3} INITs from the manager; expected 3 (park at each of two starts, stop)")
+    })
+}
+
+fn check_two_linux(o: &Outcome) -> Result<(), String> {
+    check_linux_console(o, "linux-a", "com2", 2)?;
+    check_linux_console(o, "linux-b", "com3", 2)?;
+    Ok(())
 }
 
 fn check_missing_cpu(o: &Outcome) -> Result<(), String> {

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use platform::bundle::{Bundle, File, Instance, Restart, Settings, CPU_AUTO};
+use platform::bundle::{Bundle, Cpus, File, Instance, Protocol, Restart, Settings};
 use qemu_tests::scenarios::{InstanceSpec, Tamper};
 
 use crate::payloads::Payload;
@@ -43,7 +43,7 @@ pub fn write(
         bundle.instances.push(Instance {
             name: spec.name.into(),
             file: file as u32,
-            cpu: spec.cpu.unwrap_or(CPU_AUTO),
+            cpus: spec.cpu.map_or(Cpus::Any(1), |c| Cpus::Exactly(vec![c])),
             memory: spec.memory_mib << 20,
             base: None,
             restart: if spec.restart_on_failure.is_some() {
@@ -53,8 +53,11 @@ pub fn write(
             },
             max_restarts: spec.restart_on_failure.unwrap_or(0),
             heartbeat_timeout_ms: spec.heartbeat_timeout_ms,
-            boot_protocol: true,
+            protocol: Protocol::Multikernel,
             protocol_version: bootproto::PROTOCOL_VERSION,
+            devices: Vec::new(),
+            initrd: None,
+            cmdline: String::new(),
             args: spec.args.into(),
         });
     }

@@ -21,6 +21,7 @@ mod bundle;
 mod capture;
 mod inspect;
 mod lint;
+mod linux;
 mod manifest;
 mod payloads;
 mod prereq;
@@ -109,6 +110,10 @@ enum Cmd {
     /// Run the quality gates: rustfmt, clippy and rustdoc with warnings denied, for the host
     /// crates and for the manager and payloads.
     Lint,
+    /// Fetch Debian's cloud kernel and a static busybox (cached under target/linux; needs
+    /// apt-get, or prints the one command to run) and build the demo initramfs: what
+    /// manifests/linux.toml boots.
+    Linux,
     /// Run the whole suite: the lint gates, host tests, then the QEMU scenarios on BIOS and UEFI.
     Test {
         /// Only run QEMU scenarios whose name contains this text (host tests still run).
@@ -212,6 +217,7 @@ fn main() -> ExitCode {
             soak::run(firmware.into(), cycles).map(|()| ExitCode::SUCCESS)
         }
         Cmd::Lint => cmd_lint(),
+        Cmd::Linux => cmd_linux(),
         Cmd::Test { filter, no_host, no_lint } => cmd_test(filter.as_deref(), no_host, no_lint),
         Cmd::Inspect(cmd) => inspect::run(cmd),
         Cmd::CaptureMadt(args) => capture::run(args).map(|()| ExitCode::SUCCESS),
@@ -360,6 +366,7 @@ fn cmd_run_qemu(args: RunArgs) -> anyhow::Result<ExitCode> {
         timeout: Duration::from_secs(args.timeout),
         echo: true,
         interactive: args.interactive,
+        devices: devices_of(&bundle),
         ..qemu::Config::new(firmware, image, &dir, ovmf)
     };
     eprintln!(
@@ -382,6 +389,19 @@ fn cmd_run_qemu(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(if outcome.verdict.pass { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
+/// The UARTs the bundle's instances own, as QEMU must provide them.
+fn devices_of(bundle: &platform::bundle::Bundle) -> Vec<qemu::Device> {
+    bundle
+        .instances
+        .iter()
+        .flat_map(|i| {
+            i.devices
+                .iter()
+                .map(|d| qemu::Device { name: d.name().into(), instance: i.name.clone() })
+        })
+        .collect()
+}
+
 fn write_report(
     cfg: &qemu::Config,
     outcome: &qemu::Outcome,
@@ -400,12 +420,38 @@ fn write_report(
         serial_log: cfg.serial_log.display().to_string(),
         duration_ms: outcome.duration.as_millis() as u64,
         qemu_command: outcome.command.clone(),
+        devices: outcome
+            .devices
+            .iter()
+            .map(|d| qemu_tests::report::DeviceRecord {
+                device: d.device.clone(),
+                instance: d.instance.clone(),
+                log: d.log.display().to_string(),
+            })
+            .collect(),
         sections,
         malformed_lines,
     };
     let path = dir.join("report.json");
     report.write(&path)?;
     Ok(path)
+}
+
+fn cmd_linux() -> anyhow::Result<ExitCode> {
+    let p = linux::prepare(&build::target_dir().join("linux"))?;
+    println!(
+        "linux: {} ({} {}), busybox {}",
+        p.material.version,
+        p.material.kernel_package,
+        p.material.kernel_package_version,
+        p.material.busybox_version
+    );
+    println!("  kernel     {}", p.vmlinuz.display());
+    println!("  initramfs  {}", p.initramfs.display());
+    println!(
+        "Boot it beside the small kernels: cargo xtask run-qemu --manifest manifests/linux.toml"
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn cmd_lint() -> anyhow::Result<ExitCode> {
@@ -449,6 +495,9 @@ fn cmd_test(filter: Option<&str>, no_host: bool, no_lint: bool) -> anyhow::Resul
     let mut kernels = std::collections::HashMap::new();
     let payloads = payloads::build_all(&build::root(), &build::target_dir())?;
     let qemu_version = prereq::qemu_version();
+    // Linux scenarios need Debian's kernel: fetched (or found cached) once, or skipped with
+    // the one command that would make them run.
+    let mut linux_material: Option<Result<linux::Prepared, String>> = None;
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     for s in &selected {
         let ovmf = prereq::ensure_qemu(s.firmware)?;
@@ -466,16 +515,41 @@ fn cmd_test(filter: Option<&str>, no_host: bool, no_lint: bool) -> anyhow::Resul
             e.insert(build::build_kernel(s.kernel)?);
         }
         let dir = run_dir(s.name)?;
+        let mut devices = Vec::new();
         let ramdisk = if let Some(file) = s.manifest_file {
             let mut bundle = manifest_bundle(&build::root().join(file))?;
             bundle.settings.run_ms = s.run_ms;
+            devices = devices_of(&bundle);
             Some(bundle::save(&bundle, &dir.join("bundle.bin"))?)
         } else if let Some(template) = s.manifest {
             let spin = payloads::build_foreign_image(&build::root(), &build::target_dir())?;
+            let mut text = template.replace("{spin}", &spin.display().to_string());
+            if s.linux {
+                let prepared = linux_material.get_or_insert_with(|| {
+                    match linux::prepare(&build::target_dir().join("linux")) {
+                        Ok(p) => Ok(p),
+                        Err(e) if linux::fetch::is_unavailable(&e) => Err(e.to_string()),
+                        Err(e) => Err(format!("{e:#}")),
+                    }
+                });
+                match prepared {
+                    Ok(p) => {
+                        text = text
+                            .replace("{vmlinuz}", &p.vmlinuz.display().to_string())
+                            .replace("{initrd}", &p.initramfs.display().to_string());
+                    }
+                    Err(why) => {
+                        skipped += 1;
+                        println!("SKIP {}: no Linux test material: {why}", s.name);
+                        continue;
+                    }
+                }
+            }
             let path = dir.join("manifest.toml");
-            std::fs::write(&path, template.replace("{spin}", &spin.display().to_string()))?;
+            std::fs::write(&path, text)?;
             let m = manifest::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
             let bundle = manifest::to_bundle(&m, &payloads).map_err(|e| anyhow::anyhow!("{e}"))?;
+            devices = devices_of(&bundle);
             Some(bundle::save(&bundle, &dir.join("bundle.bin"))?)
         } else if s.instances.is_empty() {
             None
@@ -496,8 +570,17 @@ fn cmd_test(filter: Option<&str>, no_host: bool, no_lint: bool) -> anyhow::Resul
             memory: s.memory.into(),
             cpu: s.cpu.map(String::from),
             timeout: Duration::from_secs(s.timeout_secs),
-            input: s.input.iter().map(|(w, t)| qemu::InputStep::new(w, t)).collect(),
+            input: s
+                .input
+                .iter()
+                .map(|(w, t)| qemu::InputStep::new(w, t))
+                .chain(s.steps.iter().map(|(d, w, t)| match d {
+                    Some(d) => qemu::InputStep::on_device(d, w, t),
+                    None => qemu::InputStep::new(w, t),
+                }))
+                .collect(),
             screendump_after: s.screendump_after.map(String::from),
+            devices,
             ..qemu::Config::new(s.firmware, image, &dir, ovmf)
         };
         let outcome = qemu::run(&cfg)?;

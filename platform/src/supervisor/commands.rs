@@ -77,7 +77,7 @@ impl<M: Machine> Supervisor<'_, M> {
         result.unwrap_or(Ok(()))?;
         let deadline = self.m.now_us().saturating_add(REPORT_IN_WAIT_US);
         while self.instances[i].state == State::Started
-            && self.instances[i].spec.boot_protocol
+            && self.instances[i].spec.speaks_protocol()
             && self.m.now_us() < deadline
         {
             self.m.wait_us(POLL_INTERVAL_US);

@@ -123,6 +123,14 @@ pub enum StartError {
     },
     /// A CPU of the instance never confirmed it stopped: it may still run the old image.
     Quarantined,
+    /// The Linux image is not a bzImage the manager can boot.
+    BzImage(crate::bzimage::BzImageError),
+    /// The Linux kernel does not fit what the instance has.
+    Linux(crate::linuxboot::LinuxError),
+    /// The zero page cannot be built.
+    ZeroPage(crate::bzimage::ZeroPageError),
+    /// A Linux instance's other CPUs could not be parked for Linux to start.
+    Secondary(StopError),
 }
 
 impl fmt::Display for StartError {
@@ -141,6 +149,12 @@ impl fmt::Display for StartError {
             StartError::Tables(e) => write!(f, "page tables: {e}"),
             StartError::Slot(e) => write!(f, "start-up parameters: {e}"),
             StartError::Memory(e) => e.fmt(f),
+            StartError::BzImage(e) => write!(f, "Linux image refused: {e}"),
+            StartError::Linux(e) => write!(f, "Linux kernel refused: {e}"),
+            StartError::ZeroPage(e) => write!(f, "Linux boot parameters: {e}"),
+            StartError::Secondary(e) => {
+                write!(f, "its other CPUs could not be readied for Linux to start: {e}")
+            }
             StartError::Ipi { apic_id, error } => {
                 write!(f, "start-up IPIs to APIC {apic_id} failed: {error}")
             }

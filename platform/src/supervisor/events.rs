@@ -35,6 +35,21 @@ pub enum Event<'a> {
         tables: usize,
         cpus: &'a [u32],
     },
+    /// A Linux kernel was placed in its region with its boot data.
+    LoadedLinux {
+        name: &'a str,
+        /// Load address of the protected-mode kernel (its entry is 0x200 further).
+        kernel: u64,
+        init_size: u64,
+        /// Address and length of the initrd (length 0: none).
+        initrd: (u64, u64),
+        /// The private ACPI view's RSDP.
+        acpi: u64,
+        region: Range,
+        low: Option<Range>,
+        cpus: &'a [u32],
+        tables: usize,
+    },
     /// A batch of CPUs is about to be started.
     Starting { cpus: usize, instances: usize, init_delay: bool },
     /// A console line of an instance.
@@ -61,6 +76,7 @@ impl Event<'_> {
             Event::Strays { .. } | Event::ConsoleDropped { .. } => Level::Warn,
             Event::Transition { .. }
             | Event::Loaded { .. }
+            | Event::LoadedLinux { .. }
             | Event::Starting { .. }
             | Event::Console { .. }
             | Event::Scrubbed { .. }
@@ -81,6 +97,47 @@ impl fmt::Display for Event<'_> {
                 }
             }
             Event::Failed { name, why } => write!(f, "instance '{name}': {why}"),
+            Event::LoadedLinux {
+                name,
+                kernel,
+                init_size,
+                initrd,
+                acpi,
+                region,
+                low,
+                cpus,
+                tables,
+            } => {
+                write!(
+                    f,
+                    "instance '{name}': Linux at {kernel:#x} (entry {:#x}, {} MiB to decompress in), ",
+                    kernel + crate::bzimage::ENTRY_64_OFFSET,
+                    init_size.div_ceil(1 << 20)
+                )?;
+                match initrd {
+                    (at, len) if *len > 0 => {
+                        write!(f, "initrd {} KiB at {at:#x}, ", len.div_ceil(1024))?
+                    }
+                    _ => f.write_str("no initrd, ")?,
+                }
+                write!(f, "ACPI view at {acpi:#x}, region {:#x}..{:#x}", region.start, region.end)?;
+                if let Some(l) = low {
+                    write!(f, ", low memory {:#x}..{:#x}", l.start, l.end)?;
+                }
+                write!(
+                    f,
+                    ", {tables} page tables, boot CPU {}",
+                    cpus.first().copied().unwrap_or(0)
+                )?;
+                if cpus.len() > 1 {
+                    f.write_str(" (Linux starts")?;
+                    for c in &cpus[1..] {
+                        write!(f, " {c}")?;
+                    }
+                    f.write_str(" itself)")?;
+                }
+                Ok(())
+            }
             Event::Loaded {
                 name,
                 bytes,

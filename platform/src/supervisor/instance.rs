@@ -181,7 +181,8 @@ impl Instance {
     /// Running, or, for an image that does not speak the boot protocol, started (all the
     /// manager can know of it).
     pub fn healthy(&self) -> bool {
-        self.state == State::Running || (!self.spec.boot_protocol && self.state == State::Started)
+        self.state == State::Running
+            || (!self.spec.speaks_protocol() && self.state == State::Started)
     }
 
     /// Its CPUs (empty if refused at boot).

@@ -26,13 +26,13 @@ use super::Supervisor;
 
 /// Page-table frames for one instance, from the plan's page-table pool, written through the
 /// supervisor's physical memory.
-struct TableFrames<'a, P: Phys> {
-    phys: &'a mut P,
-    pool: &'a mut FrameAllocator,
+pub(super) struct TableFrames<'a, P: Phys> {
+    pub(super) phys: &'a mut P,
+    pub(super) pool: &'a mut FrameAllocator,
     /// Frames handed out, so a stopped instance gives them back.
-    used: Vec<u64>,
+    pub(super) used: Vec<u64>,
     /// The first memory error (the trait's reads and writes cannot return one).
-    error: Option<MemError>,
+    pub(super) error: Option<MemError>,
 }
 
 impl<P: Phys> TableMemory for TableFrames<'_, P> {
@@ -61,6 +61,9 @@ impl<'a, M: Machine> Supervisor<'a, M> {
     /// Loads instance `i` into its region and writes its slots and CPU table entries (armed).
     /// Returns the bytes written for the image (copied and zeroed).
     pub(super) fn load(&mut self, i: usize) -> Result<u64, StartError> {
+        if self.instances[i].spec.protocol == crate::bundle::Protocol::Linux {
+            return self.load_linux(i);
+        }
         let (Some(res), Some(pages), true) =
             (self.instances[i].resources.clone(), self.pages, self.pool.is_some())
         else {
@@ -155,7 +158,7 @@ impl<'a, M: Machine> Supervisor<'a, M> {
     /// The bytes of bundle file `index`. Its checksum is verified the first time only: the
     /// bundle is read-only memory, and hashing a multi-megabyte image on every restart (or
     /// for each of hundreds of instances sharing it) would be most of the cost of a load.
-    fn image(&mut self, index: u32) -> Result<&'a [u8], crate::bundle::FileError> {
+    pub(super) fn image(&mut self, index: u32) -> Result<&'a [u8], crate::bundle::FileError> {
         let verified = self.verified.get(index as usize).copied().unwrap_or(false);
         let bytes = if verified {
             self.parsed.file_unverified(self.bundle, index)?

@@ -90,10 +90,19 @@ pub trait Sink {
     fn event(&mut self, e: &Event<'_>);
 }
 
-/// Everything the supervisor needs from the machine.
-pub trait Machine: Phys + Clock + Ipi + Sink {}
+/// The legacy devices the manager hands to instances.
+pub trait Devices {
+    /// Leaves the 16550 UART at `io_base` quiet: interrupts off, modem control (OUT2, DTR,
+    /// RTS) off, FIFOs cleared, 8N1 with the divisor latch closed (PC16550D, "Register
+    /// Summary"). Done before an instance gets the UART and after it is stopped, so no
+    /// interrupt or half-sent byte of one life reaches the next.
+    fn quiesce_uart(&mut self, io_base: u16);
+}
 
-impl<T: Phys + Clock + Ipi + Sink> Machine for T {}
+/// Everything the supervisor needs from the machine.
+pub trait Machine: Phys + Clock + Ipi + Sink + Devices {}
+
+impl<T: Phys + Clock + Ipi + Sink + Devices> Machine for T {}
 
 /// The SDM delays of the INIT-SIPI sequence, through the machine's clock.
 impl<C: Clock> crate::apstart::Delay for C {

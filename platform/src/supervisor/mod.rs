@@ -31,6 +31,7 @@ mod console;
 mod error;
 mod events;
 mod instance;
+mod linux;
 mod load;
 mod machine;
 mod start;
@@ -45,7 +46,7 @@ mod tests;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::bundle::{Parsed, CPU_AUTO};
+use crate::bundle::{Cpus, Parsed};
 use crate::frames::FrameAllocator;
 use crate::lifecycle::State;
 use crate::madt::Inventory;
@@ -60,7 +61,7 @@ pub use error::{
 };
 pub use events::{Event, Level};
 pub use instance::{BoundedLog, Console, Fault, Instance, Loaded, Resources};
-pub use machine::{Clock, Machine, MemError, Phys, Sink};
+pub use machine::{Clock, Devices, Machine, MemError, Phys, Sink};
 
 /// How long the supervisor waits between looks at the instances while supervising.
 pub const POLL_INTERVAL_US: u64 = 2_000;
@@ -118,10 +119,9 @@ pub fn plan(
         .instances
         .iter()
         .map(|i| {
-            let req = if i.cpu == CPU_AUTO {
-                CpuRequest::Any(1)
-            } else {
-                CpuRequest::Explicit(alloc::vec![i.cpu])
+            let req = match &i.cpus {
+                Cpus::Any(n) => CpuRequest::Any(*n as usize),
+                Cpus::Exactly(ids) => CpuRequest::Explicit(ids.clone()),
             };
             (i.name.as_str(), req)
         })
@@ -134,6 +134,13 @@ pub fn plan(
         let mut req = InstanceRequest::new(&spec.name, spec.memory);
         if let Some(b) = spec.base {
             req = req.at(b);
+        }
+        if spec.protocol == crate::bundle::Protocol::Linux {
+            // Linux's real-mode trampoline needs memory below 1 MiB even on one CPU, and its
+            // decompressor runs at 16 MiB or above (shared/research/linux-instance.md).
+            req = req
+                .with_low_memory(crate::linuxboot::LOW_MEMORY_BYTES)
+                .with_min_base(crate::bzimage::MIN_LOAD_ADDRESS);
         }
         memory.push(req);
         pool = pool.saturating_add(page_tables_for(spec.memory).saturating_mul(PAGE));

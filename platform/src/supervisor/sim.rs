@@ -21,7 +21,7 @@ use bootproto::{ConsoleRing, StatusBlock};
 
 use super::*;
 use crate::apstart::{Ipi, IpiError};
-use crate::bundle::{Bundle, File, Instance as Spec, Restart, Settings};
+use crate::bundle::{Bundle, Cpus, File, Instance as Spec, Protocol, Restart, Settings};
 use crate::memmap::Range;
 use crate::pagetable::{self, TableMemory};
 
@@ -92,6 +92,8 @@ pub struct Sim {
     pub ipis: Vec<(char, u32, u8)>,
     /// Page-table faults a real CPU would have taken (tables that do not map what it needs).
     pub triple_faults: Vec<String>,
+    /// UARTs quiesced, by I/O base, in order.
+    pub quiesced: Vec<u16>,
 }
 
 impl Sim {
@@ -99,6 +101,7 @@ impl Sim {
         Sim {
             pages: BTreeMap::new(),
             allowed: Vec::new(),
+            quiesced: Vec::new(),
             now: 0,
             cpus: apic_ids
                 .iter()
@@ -459,6 +462,12 @@ impl Ipi for Sim {
     }
 }
 
+impl super::machine::Devices for Sim {
+    fn quiesce_uart(&mut self, io_base: u16) {
+        self.quiesced.push(io_base);
+    }
+}
+
 impl Sink for Sim {
     fn event(&mut self, e: &Event<'_>) {
         self.events.push(format!("{e}"));
@@ -499,18 +508,25 @@ pub fn tiny_elf() -> Vec<u8> {
     f
 }
 
+/// `spec`'s CPU argument for "any free CPU".
+pub const ANY_CPU: u32 = u32::MAX;
+
+/// A 2 MiB multikernel instance of the test image on APIC `cpu` (or [`ANY_CPU`]).
 pub fn spec(name: &str, cpu: u32) -> Spec {
     Spec {
         name: name.into(),
         file: 0,
-        cpu,
+        cpus: if cpu == ANY_CPU { Cpus::Any(1) } else { Cpus::Exactly(vec![cpu]) },
         memory: 2 * MIB,
         base: None,
         restart: Restart::Never,
         max_restarts: 0,
         heartbeat_timeout_ms: 0,
-        boot_protocol: true,
+        protocol: Protocol::Multikernel,
         protocol_version: bootproto::PROTOCOL_VERSION,
+        devices: Vec::new(),
+        initrd: None,
+        cmdline: String::new(),
         args: String::new(),
     }
 }

@@ -12,6 +12,7 @@ use alloc::vec::Vec;
 use core::mem::offset_of;
 
 use crate::apstart;
+use crate::bundle::Protocol;
 use crate::lifecycle::{self, State};
 
 use super::error::{CheckinTimeout, Failure, StartError};
@@ -75,9 +76,36 @@ impl<M: Machine> Supervisor<'_, M> {
         }
         timeline.load_end_us = self.m.now_us();
         let Some(pages) = self.pages else { return results };
+        // Each instance's UARTs are quiet before it gets them.
+        for &i in &batch {
+            for d in self.instances[i].spec.devices.clone() {
+                self.m.quiesce_uart(d.io_base());
+            }
+        }
+        // Linux starts its other CPUs itself: the manager parks them (INIT, then the parking
+        // page, where Linux's INIT-SIPI-SIPI finds them) and starts only the boot CPU.
+        let is_linux = |s: &Self, i: usize| s.instances[i].spec.protocol == Protocol::Linux;
+        let secondary: Vec<u32> = batch
+            .iter()
+            .filter(|&&i| is_linux(self, i))
+            .flat_map(|&i| self.instances[i].cpus().iter().skip(1).copied().collect::<Vec<_>>())
+            .collect();
+        if let Err(e) = self.park(&secondary) {
+            let linux: Vec<usize> = batch.iter().copied().filter(|&i| is_linux(self, i)).collect();
+            batch.retain(|&i| !is_linux(self, i));
+            for i in linux {
+                let err = StartError::Secondary(e.clone());
+                self.abort_start(i, err.clone(), None);
+                results.push((i, Err(err)));
+            }
+        }
         let mut cpus: Vec<Cpu> = Vec::new();
         for &i in &batch {
+            let only_boot_cpu = is_linux(self, i);
             for (k, &apic_id) in self.instances[i].cpus().iter().enumerate() {
+                if k > 0 && only_boot_cpu {
+                    break;
+                }
                 cpus.push(Cpu { inst: i, k, apic_id, checked_in: false });
             }
         }

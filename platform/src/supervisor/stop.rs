@@ -115,6 +115,9 @@ impl<M: Machine> Supervisor<'_, M> {
             let _ = console::drain(m, inst, ring);
             console::flush(m, inst);
         }
+        for d in self.instances[i].spec.devices.clone() {
+            self.m.quiesce_uart(d.io_base());
+        }
         let Some(res) = self.instances[i].resources.clone() else { return Ok(0) };
         if let Some(pages) = self.pages {
             for k in 0..res.cpus.len() {

@@ -7,12 +7,12 @@ use alloc::vec::Vec;
 use super::sim::*;
 use super::*;
 use crate::apstart::Ipi;
-use crate::bundle::{Restart, CPU_AUTO};
+use crate::bundle::Restart;
 use crate::shell::Command;
 
 #[test]
 fn every_cpu_starts_through_one_start_page_and_reports_in() {
-    let w = World::new(4, vec![spec("a", CPU_AUTO), spec("b", CPU_AUTO), spec("c", 3)]);
+    let w = World::new(4, vec![spec("a", ANY_CPU), spec("b", ANY_CPU), spec("c", 3)]);
     let mut sup = w.supervisor(w.sim(), FACTS);
     sup.boot().unwrap();
     let pages = sup.pages.unwrap();
@@ -46,7 +46,7 @@ fn every_cpu_starts_through_one_start_page_and_reports_in() {
 
 #[test]
 fn low_memory_and_tables_do_not_grow_with_the_number_of_cpus() {
-    let instances = (1..300).map(|i| spec(&format!("i{i}"), CPU_AUTO)).collect();
+    let instances = (1..300).map(|i| spec(&format!("i{i}"), ANY_CPU)).collect();
     let w = World::new(300, instances);
     let mut sup = w.supervisor(w.sim(), Facts { init_delay: true, ..FACTS });
     sup.boot().unwrap();

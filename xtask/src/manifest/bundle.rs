@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use bootproto::layout::Layout;
-use platform::bundle::{Bundle, File, Instance, CPU_AUTO};
+use platform::bundle::{Bundle, File, Instance};
 
 use super::source::{ManifestError, ManifestErrors};
 use super::{memory_too_small, size_text, Kernel, Manifest, NAME_MAX};
@@ -53,7 +53,7 @@ pub fn to_bundle(manifest: &Manifest, payloads: &[Payload]) -> Result<Bundle, Ma
                         continue;
                     }
                 };
-                if let Err(why) = loader_check(&bytes, inst.memory, inst.base) {
+                if let Err(why) = loader_check(&bytes, inst.memory, inst.base, inst.cpus.count()) {
                     errors.push(error(
                         Some(inst.kernel_at),
                         format!("{who}: payload {name:?} refused by the loader: {why}"),
@@ -69,26 +69,37 @@ pub fn to_bundle(manifest: &Manifest, payloads: &[Payload]) -> Result<Bundle, Ma
                 ((true, path.display().to_string()), truncate(&file_name, NAME_MAX), bytes.clone())
             }
         };
-        let file = match file_index.get(&key) {
+        let mut add = |key: (bool, String), name: String, data: Vec<u8>| match file_index.get(&key)
+        {
             Some(&i) => i,
             None => {
-                bundle.files.push(File { name: file_name, data: bytes });
+                bundle.files.push(File { name, data });
                 let i = (bundle.files.len() - 1) as u32;
                 file_index.insert(key, i);
                 i
             }
         };
+        let file = add(key, file_name, bytes);
+        let initrd = inst.initrd.as_ref().map(|(path, bytes)| {
+            let name = path
+                .file_name()
+                .map_or_else(|| "initrd".into(), |n| n.to_string_lossy().into_owned());
+            add((true, path.display().to_string()), truncate(&name, NAME_MAX), bytes.clone())
+        });
         bundle.instances.push(Instance {
             name: inst.name.clone(),
             file,
-            cpu: inst.cpu.unwrap_or(CPU_AUTO),
+            cpus: inst.cpus.clone(),
             memory: inst.memory,
             base: inst.base,
             restart: inst.restart,
             max_restarts: inst.max_restarts,
             heartbeat_timeout_ms: inst.heartbeat_timeout_ms.unwrap_or(0),
-            boot_protocol: inst.boot_protocol,
+            protocol: inst.protocol,
             protocol_version: inst.protocol_version,
+            devices: inst.devices.clone(),
+            initrd,
+            cmdline: inst.cmdline.clone(),
             args: inst.args.clone(),
         });
     }
@@ -105,11 +116,16 @@ pub fn to_bundle(manifest: &Manifest, payloads: &[Payload]) -> Result<Bundle, Ma
 }
 
 /// Plans `image` the way the manager will (`Supervisor::load` in `platform::supervisor`): in
-/// the load area of the instance's region with one CPU, below its stack, CPU slot and shared
-/// pages ([`Layout::load_area`]).
-pub(super) fn loader_check(image: &[u8], memory: u64, base: Option<u64>) -> Result<(), String> {
+/// the load area of the instance's region with `cpus` CPUs, below their stacks, CPU slots and
+/// the shared pages ([`Layout::load_area`]).
+pub(super) fn loader_check(
+    image: &[u8],
+    memory: u64,
+    base: Option<u64>,
+    cpus: usize,
+) -> Result<(), String> {
     let region_base = base.unwrap_or(REPRESENTATIVE_BASE);
-    let Some(layout) = Layout::new(region_base, memory, 1) else {
+    let Some(layout) = Layout::new(region_base, memory, cpus.max(1) as u64) else {
         return Err(match region_base.checked_add(memory) {
             None => format!("base {region_base:#x} + memory {memory:#x} overflows 64 bits"),
             Some(_) => memory_too_small(size_text(memory)),

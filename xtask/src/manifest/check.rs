@@ -12,7 +12,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use bootproto::layout::PAGE;
-use platform::bundle::{Restart, Settings, CPU_AUTO};
+use platform::bundle::{Cpus, Protocol, Restart, Settings, Uart, MAX_CMDLINE, MAX_INSTANCE_CPUS};
 use platform::partition::DEFAULT_INSTANCE_ALIGN;
 use serde::de::IntoDeserializer;
 use serde::Deserialize;
@@ -20,7 +20,7 @@ use toml::de::DeValue;
 use toml::Spanned;
 
 use super::bundle::loader_check;
-use super::raw::{Number, RawInstance, RawSettings, RestartPolicy};
+use super::raw::{CpusValue, Number, RawInstance, RawSettings, RestartPolicy};
 use super::source::Source;
 use super::{memory_too_small, min_memory, size_text, InstanceSpec, Kernel, ARGS_MAX, NAME_MAX};
 
@@ -55,7 +55,10 @@ pub(super) fn check_settings(src: &mut Source<'_>, value: &Spanned<DeValue<'_>>)
 pub(super) struct Checked {
     pub(super) spec: InstanceSpec,
     name_span: Range<usize>,
+    /// Where the explicit CPUs were written (`cpu` or `cpus`), for the conflict check.
     cpu_span: Option<Range<usize>>,
+    /// Where `devices` was written.
+    devices_span: Option<Range<usize>>,
 }
 
 /// Checks one `[[instance]]` table; reports its problems and returns it if it had none.
@@ -83,39 +86,57 @@ pub(super) fn check_instance(
     let name = check_name(src, &who, &table_span, raw.name);
     let memory = check_memory(src, &who, &table_span, raw.memory.as_ref());
     let base = check_base(src, &who, raw.base.as_ref(), memory);
-    let cpu = check_cpu(src, &who, raw.cpu.as_ref());
+    let cpu_span = raw.cpus.as_ref().map(|c| c.span()).or(raw.cpu.as_ref().map(|c| c.span()));
+    let cpus = check_cpus(src, &who, raw.cpu.as_ref(), raw.cpus.as_ref());
+    let protocol = check_protocol(src, &who, raw.protocol.as_ref(), raw.boot_protocol.as_ref());
+    let devices_span = raw.devices.as_ref().map(|d| d.span());
+    let devices = check_devices(src, &who, raw.devices.as_ref());
+    let initrd = raw.initrd.as_ref().and_then(|i| read_initrd(src, dir, &who, i, protocol));
+    let cmdline = check_cmdline(src, &who, raw.cmdline.as_ref(), protocol);
     let args = check_args(src, &who, raw.args);
     let (restart, max_restarts) = check_restart(src, &who, raw.restart, raw.max_restarts);
     let heartbeat_timeout_ms = check_heartbeat(src, &who, raw.heartbeat_timeout_ms);
-    let protocol_version =
-        check_protocol_version(src, &who, raw.protocol_version, raw.boot_protocol);
+    let protocol_version = check_protocol_version(src, &who, raw.protocol_version, protocol);
+    let linux_fit = LinuxFit {
+        cpus: cpus.as_ref().map_or(1, Cpus::count),
+        initrd_len: initrd.as_ref().map_or(0, |(_, b)| b.len() as u64),
+        cmdline: cmdline.clone().unwrap_or_default(),
+        devices: devices.clone(),
+    };
     let (kernel, kernel_span) =
-        check_kernel(src, &who, &table_span, raw.payload, raw.image, |src, image| {
-            read_image(src, dir, &who, image, memory, base)
+        check_kernel(src, &who, &table_span, raw.payload, raw.image, protocol, |src, image| {
+            match protocol {
+                Some(Protocol::Linux) => read_bzimage(src, dir, &who, image, memory, &linux_fit),
+                _ => read_image(src, dir, &who, image, memory, base, linux_fit.cpus),
+            }
         });
 
     if src.error_count() != before {
         return None;
     }
-    let (name, memory, kernel) = (name?, memory?, kernel?);
+    let (name, memory, kernel, cpus, protocol) = (name?, memory?, kernel?, cpus?, protocol?);
     let name_span = name.span();
     Some(Checked {
         spec: InstanceSpec {
             name: name.into_inner(),
             kernel,
-            cpu,
+            cpus,
             memory,
             base,
             args,
             restart,
             max_restarts,
             heartbeat_timeout_ms,
-            boot_protocol: raw.boot_protocol.unwrap_or(true),
+            protocol,
             protocol_version,
+            devices: devices.unwrap_or_default(),
+            initrd,
+            cmdline: cmdline.unwrap_or_default(),
             kernel_at: src.place(kernel_span.start),
         },
         name_span,
-        cpu_span: raw.cpu.map(|c| c.span()),
+        cpu_span,
+        devices_span,
     })
 }
 
@@ -245,17 +266,274 @@ fn check_base(
     }
 }
 
-/// `cpu`, if given: any APIC ID but the bundle's "auto" marker. `None` means any free CPU.
-fn check_cpu(src: &mut Source<'_>, who: &str, cpu: Option<&Spanned<u32>>) -> Option<u32> {
-    let c = cpu?;
-    if *c.get_ref() == CPU_AUTO {
+/// `cpu = N` (one named CPU) or `cpus` (a list of APIC IDs, the first being the boot CPU, or a
+/// count of free CPUs); neither means one free CPU. `None` if what was written is unusable.
+fn check_cpus(
+    src: &mut Source<'_>,
+    who: &str,
+    cpu: Option<&Spanned<u32>>,
+    cpus: Option<&Spanned<CpusValue>>,
+) -> Option<Cpus> {
+    let max = MAX_INSTANCE_CPUS;
+    match (cpu, cpus) {
+        (Some(c), Some(cs)) => {
+            src.error(
+                cs.span(),
+                format!(
+                    "{who}: both `cpu` ({}) and `cpus` are given; `cpu = N` is the one-CPU \
+                     spelling of `cpus = [N]`: keep one",
+                    c.get_ref()
+                ),
+            );
+            None
+        }
+        (None, None) => Some(Cpus::Any(1)),
+        (Some(c), None) if *c.get_ref() == u32::MAX => {
+            src.error(
+                c.span(),
+                format!(
+                    "{who}: cpu {} is not an APIC ID (0xFFFFFFFF marks an absent x2APIC CPU)",
+                    u32::MAX
+                ),
+            );
+            None
+        }
+        (Some(c), None) => Some(Cpus::Exactly(vec![*c.get_ref()])),
+        (None, Some(cs)) => match cs.get_ref() {
+            CpusValue::Count(n) if (1..=max as i64).contains(n) => Some(Cpus::Any(*n as u32)),
+            CpusValue::Count(n) => {
+                src.error(
+                    cs.span(),
+                    format!("{who}: cpus = {n}: an instance has from 1 to {max} CPUs"),
+                );
+                None
+            }
+            CpusValue::List(ids) => {
+                let problem = if ids.is_empty() {
+                    Some("the list is empty".to_string())
+                } else if ids.len() > max {
+                    Some(format!("{} CPUs; an instance has at most {max}", ids.len()))
+                } else if let Some(bad) =
+                    ids.iter().find(|&&id| !(0..u32::MAX as i64).contains(&id))
+                {
+                    Some(format!("{bad} is not an APIC ID"))
+                } else {
+                    ids.iter()
+                        .enumerate()
+                        .find(|(i, id)| ids[..*i].contains(id))
+                        .map(|(_, id)| format!("APIC ID {id} is listed twice"))
+                };
+                match problem {
+                    Some(p) => {
+                        src.error(cs.span(), format!("{who}: cpus: {p}"));
+                        None
+                    }
+                    None => Some(Cpus::Exactly(ids.iter().map(|&id| id as u32).collect())),
+                }
+            }
+        },
+    }
+}
+
+/// `protocol` ("multikernel", the default; "linux"; "none"), or the old `boot_protocol = false`
+/// (which means "none").
+fn check_protocol(
+    src: &mut Source<'_>,
+    who: &str,
+    protocol: Option<&Spanned<String>>,
+    boot_protocol: Option<&Spanned<bool>>,
+) -> Option<Protocol> {
+    let named = match protocol.map(|p| (p, p.get_ref().as_str())) {
+        None => None,
+        Some((_, "multikernel")) => Some(Protocol::Multikernel),
+        Some((_, "linux")) => Some(Protocol::Linux),
+        Some((_, "none")) => Some(Protocol::None),
+        Some((p, other)) => {
+            src.error(
+                p.span(),
+                format!(
+                    "{who}: protocol {other:?} is not one of \"multikernel\" (the default: an ELF \
+                     kernel built with the payload SDK or multikernel.h), \"linux\" (a bzImage) or \
+                     \"none\" (an ELF kernel that knows nothing of the manager)"
+                ),
+            );
+            return None;
+        }
+    };
+    match (named, boot_protocol) {
+        (named, None) => Some(named.unwrap_or(Protocol::Multikernel)),
+        (None, Some(b)) => Some(if *b.get_ref() { Protocol::Multikernel } else { Protocol::None }),
+        (Some(p), Some(b)) => {
+            src.error(
+                b.span(),
+                format!(
+                    "{who}: `boot_protocol` is the old spelling of `protocol` (boot_protocol = \
+                     false is protocol = \"none\"); give only protocol = {:?}",
+                    p.name()
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// `devices`: legacy UARTs by name ("com2", "com3", "com4"), each at most once.
+fn check_devices(
+    src: &mut Source<'_>,
+    who: &str,
+    devices: Option<&Spanned<Vec<Spanned<String>>>>,
+) -> Option<Vec<Uart>> {
+    let list = devices?;
+    let mut out: Vec<Uart> = Vec::new();
+    let mut ok = true;
+    for d in list.get_ref() {
+        let name = d.get_ref();
+        match Uart::from_name(name) {
+            Some(u) if out.contains(&u) => {
+                src.error(d.span(), format!("{who}: device {name:?} is listed twice"));
+                ok = false;
+            }
+            Some(u) => out.push(u),
+            None if name.eq_ignore_ascii_case("com1") => {
+                src.error(
+                    d.span(),
+                    format!(
+                        "{who}: com1 is the manager's console and cannot be given to an \
+                         instance; use com2, com3 or com4"
+                    ),
+                );
+                ok = false;
+            }
+            None => {
+                src.error(
+                    d.span(),
+                    format!("{who}: device {name:?} is not one of com2, com3, com4"),
+                );
+                ok = false;
+            }
+        }
+    }
+    out.sort();
+    ok.then_some(out)
+}
+
+/// `cmdline`: for `protocol = "linux"` only; it must fit the bundle (the kernel's own limit is
+/// checked with the image).
+fn check_cmdline(
+    src: &mut Source<'_>,
+    who: &str,
+    cmdline: Option<&Spanned<String>>,
+    protocol: Option<Protocol>,
+) -> Option<String> {
+    let Some(c) = cmdline else { return Some(String::new()) };
+    if protocol != Some(Protocol::Linux) {
         src.error(
             c.span(),
-            format!("{who}: cpu {CPU_AUTO} is reserved (leave `cpu` out for any free CPU)"),
+            format!(
+                "{who}: `cmdline` is for protocol = \"linux\"; a multikernel kernel gets `args`"
+            ),
         );
         return None;
     }
-    Some(*c.get_ref())
+    let text = c.get_ref();
+    if text.len() > MAX_CMDLINE || text.contains('\0') {
+        src.error(
+            c.span(),
+            format!("{who}: cmdline is {} bytes; at most {MAX_CMDLINE}, without NUL", text.len()),
+        );
+        return None;
+    }
+    Some(text.clone())
+}
+
+/// `initrd`: for `protocol = "linux"` only; the file must exist.
+fn read_initrd(
+    src: &mut Source<'_>,
+    dir: &Path,
+    who: &str,
+    initrd: &Spanned<String>,
+    protocol: Option<Protocol>,
+) -> Option<(PathBuf, Vec<u8>)> {
+    if protocol != Some(Protocol::Linux) {
+        src.error(initrd.span(), format!("{who}: `initrd` is for protocol = \"linux\""));
+        return None;
+    }
+    let relative = PathBuf::from(initrd.get_ref());
+    let full = dir.join(&relative);
+    match std::fs::read(&full) {
+        Ok(bytes) => Some((relative, bytes)),
+        Err(e) => {
+            let looked = std::path::absolute(&full).unwrap_or(full);
+            src.error(
+                initrd.span(),
+                format!(
+                    "{who}: initrd {:?} cannot be read ({e}; looked in {})",
+                    initrd.get_ref(),
+                    looked.display()
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// What a Linux kernel's fit is checked against, besides its memory.
+pub(super) struct LinuxFit {
+    pub(super) cpus: usize,
+    pub(super) initrd_len: u64,
+    pub(super) cmdline: String,
+    pub(super) devices: Option<Vec<Uart>>,
+}
+
+/// Reads a bzImage and checks it with the manager's own code: its header, and that it, its
+/// initrd and its command line fit what the instance has.
+fn read_bzimage(
+    src: &mut Source<'_>,
+    dir: &Path,
+    who: &str,
+    image: &Spanned<String>,
+    memory: Option<u64>,
+    fit: &LinuxFit,
+) -> Option<Kernel> {
+    let relative = PathBuf::from(image.get_ref());
+    let full = dir.join(&relative);
+    let bytes = match std::fs::read(&full) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let looked = std::path::absolute(&full).unwrap_or(full);
+            src.error(
+                image.span(),
+                format!(
+                    "{who}: image {:?} cannot be read ({e}; looked in {})",
+                    image.get_ref(),
+                    looked.display()
+                ),
+            );
+            return None;
+        }
+    };
+    let kernel = match platform::bzimage::parse(&bytes) {
+        Ok(k) => k,
+        Err(e) => {
+            src.error(image.span(), format!("{who}: image {:?} refused: {e}", image.get_ref()));
+            return None;
+        }
+    };
+    if let Some(memory) = memory {
+        let uart = fit.devices.as_ref().and_then(|d| d.first().copied());
+        let need = platform::linuxboot::Fit {
+            memory,
+            cpus: fit.cpus,
+            initrd_len: fit.initrd_len,
+            cmdline: &fit.cmdline,
+            uart,
+        };
+        if let Err(e) = platform::linuxboot::check_fit(&kernel, &need) {
+            src.error(image.span(), format!("{who}: image {:?} refused: {e}", image.get_ref()));
+            return None;
+        }
+    }
+    Some(Kernel::Image { path: relative, bytes })
 }
 
 /// `args`: fits the bundle and holds no NUL. Empty when not given.
@@ -334,17 +612,18 @@ fn check_protocol_version(
     src: &mut Source<'_>,
     who: &str,
     version: Option<Spanned<u32>>,
-    boot_protocol: Option<bool>,
+    protocol: Option<Protocol>,
 ) -> u32 {
     let current = bootproto::PROTOCOL_VERSION;
     let Some(v) = version else { return current };
     let (span, value) = (v.span(), v.into_inner());
-    if boot_protocol == Some(false) {
+    if matches!(protocol, Some(Protocol::None | Protocol::Linux)) {
         src.error(
             span,
             format!(
-                "{who}: protocol_version has no meaning with boot_protocol = false (the kernel \
-                 reads no boot info)"
+                "{who}: protocol_version is the multikernel boot info's version; it has no \
+                 meaning with protocol = {:?}",
+                protocol.map_or("?", Protocol::name)
             ),
         );
     } else if value != 1 && value != current {
@@ -367,8 +646,20 @@ fn check_kernel(
     table_span: &Range<usize>,
     payload: Option<Spanned<String>>,
     image: Option<Spanned<String>>,
+    protocol: Option<Protocol>,
     read: impl FnOnce(&mut Source<'_>, &Spanned<String>) -> Option<Kernel>,
 ) -> (Option<Kernel>, Range<usize>) {
+    if let (Some(Protocol::Linux), Some(p)) = (protocol, &payload) {
+        src.error(
+            p.span(),
+            format!(
+                "{who}: protocol = \"linux\" runs a bzImage: give `image` = the kernel file, \
+                 not payload {:?}",
+                p.get_ref()
+            ),
+        );
+        return (None, p.span());
+    }
     match (payload, image) {
         (Some(p), Some(i)) => {
             src.error(
@@ -426,6 +717,7 @@ fn read_image(
     image: &Spanned<String>,
     memory: Option<u64>,
     base: Option<u64>,
+    cpus: usize,
 ) -> Option<Kernel> {
     let relative = PathBuf::from(image.get_ref());
     let full = dir.join(&relative);
@@ -452,7 +744,7 @@ fn read_image(
         }
     };
     if let Some(memory) = memory {
-        if let Err(why) = loader_check(&bytes, memory, base) {
+        if let Err(why) = loader_check(&bytes, memory, base, cpus) {
             src.error(image.span(), format!("{who}: image refused by the loader: {why}"));
             return None;
         }
@@ -464,6 +756,7 @@ fn read_image(
 pub(super) fn check_unique(src: &mut Source<'_>, instances: &[Checked]) {
     let mut names: HashMap<&str, usize> = HashMap::new();
     let mut cpus: HashMap<u32, &str> = HashMap::new();
+    let mut devices: HashMap<Uart, &str> = HashMap::new();
     for c in instances {
         let name = c.spec.name.as_str();
         match names.get(name) {
@@ -478,14 +771,33 @@ pub(super) fn check_unique(src: &mut Source<'_>, instances: &[Checked]) {
                 names.insert(name, c.name_span.start);
             }
         }
-        if let (Some(cpu), Some(span)) = (c.spec.cpu, &c.cpu_span) {
-            match cpus.get(&cpu) {
-                Some(&owner) => src.error(
-                    span.clone(),
-                    format!("cpu {cpu} is given to both '{owner}' and '{name}'"),
-                ),
-                None => {
-                    cpus.insert(cpu, name);
+        if let (Cpus::Exactly(ids), Some(span)) = (&c.spec.cpus, &c.cpu_span) {
+            for &cpu in ids {
+                match cpus.get(&cpu) {
+                    Some(&owner) => src.error(
+                        span.clone(),
+                        format!("cpu {cpu} is given to both '{owner}' and '{name}'"),
+                    ),
+                    None => {
+                        cpus.insert(cpu, name);
+                    }
+                }
+            }
+        }
+        if let Some(span) = &c.devices_span {
+            for d in &c.spec.devices {
+                match devices.get(d) {
+                    Some(&owner) => src.error(
+                        span.clone(),
+                        format!(
+                            "device {} is given to both '{owner}' and '{name}': a UART belongs \
+                             to one instance",
+                            d.name()
+                        ),
+                    ),
+                    None => {
+                        devices.insert(*d, name);
+                    }
                 }
             }
         }

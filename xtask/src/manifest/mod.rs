@@ -46,7 +46,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use bootproto::layout::{self, DEFAULT_STACK_BYTES, PAGE, SHARED_BYTES, SLOT_BYTES};
-use platform::bundle::{Restart, Settings, MAX_INSTANCES};
+use platform::bundle::{Cpus, Protocol, Restart, Settings, Uart, MAX_INSTANCES};
 use serde::Deserialize;
 use toml::de::DeTable;
 
@@ -118,19 +118,25 @@ pub enum Kernel {
 pub struct InstanceSpec {
     pub name: String,
     pub kernel: Kernel,
-    /// APIC ID, or `None` for the next free CPU.
-    pub cpu: Option<u32>,
+    /// The APIC IDs it names, or how many free CPUs it wants.
+    pub cpus: Cpus,
     pub memory: u64,
     pub base: Option<u64>,
     pub args: String,
     pub restart: Restart,
     pub max_restarts: u32,
     pub heartbeat_timeout_ms: Option<u32>,
-    /// Whether the kernel reports in through the boot protocol (`boot_protocol = false` for an
-    /// image built without the payload SDK or the C header: it is healthy once started).
-    pub boot_protocol: bool,
+    /// How the manager hands it the machine (`protocol`; `boot_protocol = false` is the old
+    /// spelling of `protocol = "none"`).
+    pub protocol: Protocol,
     /// The boot info version written for it (1 for a kernel built against the v1 header).
     pub protocol_version: u32,
+    /// The UARTs it owns.
+    pub devices: Vec<Uart>,
+    /// Its initial RAM disk (Linux): the path as written and the bytes.
+    pub initrd: Option<(PathBuf, Vec<u8>)>,
+    /// Its command line (Linux), appended to the manager's defaults.
+    pub cmdline: String,
     /// Line and column of the `payload` or `image` value, for errors found by [`to_bundle`].
     kernel_at: (usize, usize),
 }
@@ -142,7 +148,12 @@ impl InstanceSpec {
             Kernel::Payload(p) => format!("payload {p}"),
             Kernel::Image { path, .. } => format!("image {}", path.display()),
         };
-        let cpu = self.cpu.map_or("auto".to_string(), |c| c.to_string());
+        let cpu = match &self.cpus {
+            Cpus::Any(1) => "cpu auto".to_string(),
+            Cpus::Any(n) => format!("cpus any {n}"),
+            Cpus::Exactly(ids) if ids.len() == 1 => format!("cpu {}", ids[0]),
+            Cpus::Exactly(ids) => format!("cpus {ids:?}"),
+        };
         let base = self.base.map_or("auto".to_string(), |b| format!("{b:#x}"));
         let restart = match self.restart {
             Restart::Never => "never".to_string(),
@@ -150,14 +161,27 @@ impl InstanceSpec {
         };
         let heartbeat =
             self.heartbeat_timeout_ms.map_or("off".to_string(), |ms| format!("{ms} ms"));
-        let protocol = match (self.boot_protocol, self.protocol_version) {
-            (false, _) => String::from(", no boot protocol"),
-            (true, v) if v != bootproto::PROTOCOL_VERSION => format!(", boot info version {v}"),
+        let mut extra = match (self.protocol, self.protocol_version) {
+            (Protocol::None, _) => String::from(", no boot protocol"),
+            (Protocol::Linux, _) => String::from(", protocol linux"),
+            (Protocol::Multikernel, v) if v != bootproto::PROTOCOL_VERSION => {
+                format!(", boot info version {v}")
+            }
             _ => String::new(),
         };
+        if !self.devices.is_empty() {
+            let names: Vec<&str> = self.devices.iter().map(|d| d.name()).collect();
+            extra += &format!(", devices {}", names.join(" "));
+        }
+        if let Some((path, bytes)) = &self.initrd {
+            extra += &format!(", initrd {} ({})", path.display(), size_text(bytes.len() as u64));
+        }
+        if !self.cmdline.is_empty() {
+            extra += &format!(", cmdline {:?}", self.cmdline);
+        }
         format!(
-            "{name}: {kernel}, cpu {cpu}, memory {mem}, base {base}, restart {restart}, \
-             heartbeat timeout {heartbeat}, args {args:?}{protocol}",
+            "{name}: {kernel}, {cpu}, memory {mem}, base {base}, restart {restart}, \
+             heartbeat timeout {heartbeat}, args {args:?}{extra}",
             name = self.name,
             mem = size_text(self.memory),
             args = self.args,

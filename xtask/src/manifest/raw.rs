@@ -52,8 +52,21 @@ pub(super) struct RawInstance {
     pub(super) restart: Option<RestartPolicy>,
     pub(super) max_restarts: Option<Spanned<u32>>,
     pub(super) heartbeat_timeout_ms: Option<Spanned<u32>>,
-    pub(super) boot_protocol: Option<bool>,
+    pub(super) boot_protocol: Option<Spanned<bool>>,
     pub(super) protocol_version: Option<Spanned<u32>>,
+    pub(super) protocol: Option<Spanned<String>>,
+    pub(super) cpus: Option<Spanned<CpusValue>>,
+    pub(super) devices: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) initrd: Option<Spanned<String>>,
+    pub(super) cmdline: Option<Spanned<String>>,
+}
+
+/// `cpus`: a list of APIC IDs, or how many free CPUs.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged, expecting = "a list of APIC IDs such as [2, 3] or a count such as 2")]
+pub(super) enum CpusValue {
+    Count(i64),
+    List(Vec<i64>),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Deserialize)]

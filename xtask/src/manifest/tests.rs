@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 // `platform::bundle` by name, over this module's own `bundle` submodule that `super::*` brings.
-use platform::bundle::{self, Instance, Restart, Settings, CPU_AUTO};
+use platform::bundle::{self, Cpus, Instance, Protocol, Restart, Settings};
 
 use super::check::DEFAULT_MAX_RESTARTS;
 use super::source::Source;
@@ -73,14 +73,17 @@ fn a_valid_manifest_gives_every_field_and_default() {
     let [hello, crunch, c] = &m.instances[..] else { panic!("three instances: {m:?}") };
     assert_eq!(hello.name, "hello");
     assert_eq!(hello.kernel, Kernel::Payload("hello".into()));
-    assert_eq!((hello.cpu, hello.memory, hello.base), (None, 8 << 20, None));
+    assert_eq!((&hello.cpus, hello.memory, hello.base), (&Cpus::Any(1), 8 << 20, None));
     assert_eq!(hello.args, "ticks=5");
     assert_eq!(
         (hello.restart, hello.max_restarts, hello.heartbeat_timeout_ms),
         (Restart::Never, 0, None)
     );
     assert_eq!(hello.kernel_at, (9, 11));
-    assert_eq!((crunch.cpu, crunch.memory, crunch.base), (Some(3), 16 << 20, Some(0x400_0000)));
+    assert_eq!(
+        (&crunch.cpus, crunch.memory, crunch.base),
+        (&Cpus::Exactly(vec![3]), 16 << 20, Some(0x400_0000))
+    );
     assert_eq!(crunch.args, "");
     assert_eq!((crunch.restart, crunch.max_restarts), (Restart::OnFailure, DEFAULT_MAX_RESTARTS));
     assert_eq!(crunch.heartbeat_timeout_ms, Some(250));
@@ -186,7 +189,7 @@ fn duplicate_cpus_name_both_instances() {
     let e = one_error(
         "[[instance]]\nname = \"a\"\npayload = \"hello\"\ncpu = 4294967295\nmemory = \"8M\"\n",
     );
-    assert!(e.starts_with("m.toml:4:7: instance 'a': cpu 4294967295 is reserved"), "{e}");
+    assert!(e.starts_with("m.toml:4:7: instance 'a': cpu 4294967295 is not an APIC ID"), "{e}");
 }
 
 #[test]
@@ -403,18 +406,21 @@ fn to_bundle_packs_images_once_each() {
         Instance {
             name: "a".into(),
             file: 0,
-            cpu: 2,
+            cpus: Cpus::Exactly(vec![2]),
             memory: 4 << 20,
             base: None,
             restart: Restart::Never,
             max_restarts: 0,
             heartbeat_timeout_ms: 0,
-            boot_protocol: true,
+            protocol: Protocol::Multikernel,
             protocol_version: bootproto::PROTOCOL_VERSION,
+            devices: vec![],
+            initrd: None,
+            cmdline: String::new(),
             args: String::new(),
         }
     );
-    assert_eq!((bundle.instances[1].file, bundle.instances[1].cpu), (0, CPU_AUTO));
+    assert_eq!((bundle.instances[1].file, &bundle.instances[1].cpus), (0, &Cpus::Any(1)));
     assert_eq!(bundle.instances[1].args, "x=1");
     let fixed = &bundle.instances[2];
     assert_eq!((fixed.file, fixed.base), (1, Some(0x20_0000)));
@@ -518,11 +524,150 @@ fn protocol_version_is_1_or_current_and_needs_the_protocol() {
     let base = "[[instance]]\nname = \"old\"\npayload = \"hello\"\nmemory = \"8M\"\n";
     let m = check(&format!("{base}protocol_version = 1\n")).expect("valid");
     assert_eq!(m.instances[0].protocol_version, 1);
-    assert!(m.instances[0].summary().ends_with(", boot info version 1"), "{}", m.instances[0].summary());
+    assert!(
+        m.instances[0].summary().ends_with(", boot info version 1"),
+        "{}",
+        m.instances[0].summary()
+    );
     let m = check(base).expect("valid");
     assert_eq!(m.instances[0].protocol_version, bootproto::PROTOCOL_VERSION);
     let e = one_error(&format!("{base}protocol_version = 7\n"));
     assert!(e.contains("protocol_version 7 does not exist") && e.contains("use 1"), "{e}");
     let e = one_error(&format!("{base}boot_protocol = false\nprotocol_version = 1\n"));
-    assert!(e.contains("no meaning with boot_protocol = false"), "{e}");
+    assert!(e.contains("has no meaning with protocol = \"none\""), "{e}");
+}
+
+#[test]
+fn cpus_are_a_list_or_a_count_and_cpu_is_the_one_cpu_spelling() {
+    let with = |extra: &str| {
+        format!("[[instance]]\nname = \"a\"\npayload = \"hello\"\nmemory = \"8M\"\n{extra}")
+    };
+    assert_eq!(
+        check(&with("cpus = [3, 1]\n")).unwrap().instances[0].cpus,
+        Cpus::Exactly(vec![3, 1])
+    );
+    assert_eq!(check(&with("cpus = 2\n")).unwrap().instances[0].cpus, Cpus::Any(2));
+    assert_eq!(check(&with("cpu = 5\n")).unwrap().instances[0].cpus, Cpus::Exactly(vec![5]));
+    let e = one_error(&with("cpu = 1\ncpus = [2]\n"));
+    assert!(e.contains("both `cpu` (1) and `cpus` are given"), "{e}");
+    let e = one_error(&with("cpus = []\n"));
+    assert!(e.contains("cpus: the list is empty"), "{e}");
+    let e = one_error(&with("cpus = [2, 2]\n"));
+    assert!(e.contains("APIC ID 2 is listed twice"), "{e}");
+    let e = one_error(&with("cpus = 0\n"));
+    assert!(e.contains("an instance has from 1 to 256 CPUs"), "{e}");
+    let e = one_error(&with("cpus = \"two\"\n"));
+    assert!(e.contains("a list of APIC IDs such as [2, 3] or a count such as 2"), "{e}");
+    // Lists and single CPUs conflict across instances.
+    let e = one_error(
+        "[[instance]]\nname = \"a\"\npayload = \"hello\"\nmemory = \"8M\"\ncpus = [2, 3]\n\
+         [[instance]]\nname = \"b\"\npayload = \"hello\"\nmemory = \"8M\"\ncpu = 3\n",
+    );
+    assert!(e.ends_with("cpu 3 is given to both 'a' and 'b'"), "{e}");
+}
+
+#[test]
+fn protocol_names_and_the_old_boot_protocol_spelling() {
+    let with = |extra: &str| {
+        format!("[[instance]]\nname = \"a\"\npayload = \"hello\"\nmemory = \"8M\"\n{extra}")
+    };
+    assert_eq!(check(&with("")).unwrap().instances[0].protocol, Protocol::Multikernel);
+    assert_eq!(
+        check(&with("protocol = \"none\"\n")).unwrap().instances[0].protocol,
+        Protocol::None
+    );
+    assert_eq!(
+        check(&with("boot_protocol = false\n")).unwrap().instances[0].protocol,
+        Protocol::None
+    );
+    let e = one_error(&with("protocol = \"elf\"\n"));
+    assert!(e.contains("protocol \"elf\" is not one of \"multikernel\""), "{e}");
+    let e = one_error(&with("protocol = \"none\"\nboot_protocol = false\n"));
+    assert!(e.contains("`boot_protocol` is the old spelling of `protocol`"), "{e}");
+    let e = one_error(&with("protocol = \"linux\"\n"));
+    assert!(e.contains("protocol = \"linux\" runs a bzImage: give `image`"), "{e}");
+    let e = one_error(&with("cmdline = \"quiet\"\n"));
+    assert!(e.contains("`cmdline` is for protocol = \"linux\""), "{e}");
+    let e = one_error(&with("initrd = \"x.cpio\"\n"));
+    assert!(e.contains("`initrd` is for protocol = \"linux\""), "{e}");
+}
+
+#[test]
+fn devices_are_known_uarts_owned_once() {
+    let with = |extra: &str| {
+        format!("[[instance]]\nname = \"a\"\npayload = \"hello\"\nmemory = \"8M\"\n{extra}")
+    };
+    assert_eq!(
+        check(&with("devices = [\"COM4\", \"com2\"]\n")).unwrap().instances[0].devices,
+        [bundle::Uart::Com2, bundle::Uart::Com4]
+    );
+    let e = one_error(&with("devices = [\"com1\"]\n"));
+    assert!(e.contains("com1 is the manager's console"), "{e}");
+    let e = one_error(&with("devices = [\"lpt1\"]\n"));
+    assert!(e.contains("device \"lpt1\" is not one of com2, com3, com4"), "{e}");
+    let e = one_error(&with("devices = [\"com2\", \"com2\"]\n"));
+    assert!(e.contains("device \"com2\" is listed twice"), "{e}");
+    let e = one_error(
+        "[[instance]]\nname = \"a\"\npayload = \"hello\"\nmemory = \"8M\"\ndevices = [\"com3\"]\n\
+         [[instance]]\nname = \"b\"\npayload = \"hello\"\nmemory = \"8M\"\ndevices = [\"com3\"]\n",
+    );
+    assert!(e.contains("device com3 is given to both 'a' and 'b'"), "{e}");
+}
+
+fn bzimage(init_size: u32, pm: usize) -> Vec<u8> {
+    platform::bzimage::header_only_image(init_size, pm)
+}
+
+#[test]
+fn a_bzimage_is_checked_with_the_managers_code_one_line_per_refusal() {
+    let dir = scratch("bzimage");
+    std::fs::write(dir.join("vmlinuz"), bzimage(0x337_8000, 0x2000)).unwrap();
+    std::fs::write(dir.join("initrd.cpio.gz"), vec![0x1f; 3 << 20]).unwrap();
+    let mut bad = bzimage(0x337_8000, 0x2000);
+    bad[0x236] = 0x7E;
+    std::fs::write(dir.join("no64.bin"), &bad).unwrap();
+    std::fs::write(dir.join("not-a-kernel.bin"), vec![0u8; 4096]).unwrap();
+    let linux = |image: &str, memory: &str, extra: &str| {
+        format!(
+            "[[instance]]\nname = \"linux\"\nprotocol = \"linux\"\nimage = \"{image}\"\n\
+             memory = \"{memory}\"\ncpus = [2, 3]\ndevices = [\"com2\"]\n{extra}"
+        )
+    };
+    let m = parse_in(
+        &linux("vmlinuz", "128M", "initrd = \"initrd.cpio.gz\"\ncmdline = \"quiet\"\n"),
+        &dir,
+    )
+    .expect("valid");
+    let i = &m.instances[0];
+    assert_eq!(
+        (i.protocol, &i.cmdline, i.initrd.as_ref().map(|x| x.1.len())),
+        (Protocol::Linux, &"quiet".to_string(), Some(3 << 20))
+    );
+    assert!(
+        i.summary().contains(
+            "protocol linux, devices com2, initrd initrd.cpio.gz (3M), cmdline \"quiet\""
+        ),
+        "{}",
+        i.summary()
+    );
+    let refused = |image: &str, memory: &str, extra: &str| {
+        let errors = parse_in(&linux(image, memory, extra), &dir).expect_err("refused");
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        let e = errors[0].clone();
+        assert!(!e.contains('\n'), "one line: {e}");
+        e
+    };
+    let e = refused("not-a-kernel.bin", "128M", "");
+    assert!(e.contains("not a bzImage: no boot sector signature 0xAA55"), "{e}");
+    let e = refused("no64.bin", "128M", "");
+    assert!(e.contains("the kernel has no 64-bit entry point"), "{e}");
+    let e = refused("vmlinuz", "48M", "");
+    assert!(
+        e.contains("needs 52 MiB from 0x1000000 to decompress")
+            && e.contains("give the instance more memory"),
+        "{e}"
+    );
+    let e = refused("vmlinuz", "128M", &format!("cmdline = \"{}\"\n", "x".repeat(2000)));
+    assert!(e.contains("this kernel takes at most 2047 (cmdline_size)"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
