@@ -121,6 +121,22 @@ memory = "8M"
 cpu = 4
 "#;
 
+/// A `compute` instance on two CPUs (both enter the image and share the sieve) beside `hello`.
+const TWO_CPU_INSTANCE: &str = r#"
+[[instance]]
+name = "pair"
+payload = "compute"
+memory = "8M"
+cpus = [1, 3]
+args = "primes=2000000"
+
+[[instance]]
+name = "hello"
+payload = "hello"
+memory = "8M"
+cpu = 2
+"#;
+
 /// Two Linux instances at once, each on two CPUs and its own UART (-smp 5).
 const TWO_LINUX: &str = r#"
 [settings]
@@ -379,6 +395,11 @@ pub fn all() -> Vec<Scenario> {
             (None, "-> stopped", "start linux\r"),
             (Some("com2"), "MK-LINUX-DONE", "quit\r"),
         ];
+        v.push(s);
+    }
+    for (name, fw) in [("two-cpu-instance-bios", Bios), ("two-cpu-instance-uefi", Uefi)] {
+        let mut s = scenario(name, fw, &[], 4, check_two_cpu_instance);
+        s.manifest = Some(TWO_CPU_INSTANCE);
         v.push(s);
     }
     for (name, fw) in [("two-linux-instances-bios", Bios), ("two-linux-instances-uefi", Uefi)] {
@@ -780,6 +801,30 @@ fn check_linux_beside_small_kernels(o: &Outcome) -> Result<(), String> {
     expect(init3 == 3, || {
         format!("APIC 3 got {init3} INITs from the manager; expected 3 (park at each of two starts, stop)")
     })
+}
+
+/// Both CPUs of `pair` ran: each reported its share, the shares add up to pi(2 000 000).
+fn check_two_cpu_instance(o: &Outcome) -> Result<(), String> {
+    expect(o.verdict.pass, || format!("run failed: {}", o.verdict.reason))?;
+    let list = instances(o)?;
+    check_running(&list, "pair")?;
+    check_running(&list, "hello")?;
+    let pair = instance(&list, "pair")?;
+    expect(pair["cpus"] == serde_json::json!([1, 3]), || format!("pair runs on {}", pair["cpus"]))?;
+    expect(pair["result"] == 148_933, || {
+        format!("pair's result is {}, not 148933", pair["result"])
+    })?;
+    let lines = console(o, "pair");
+    let share = |cpu: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(cpu)?.split("counted ").nth(1)?.trim().parse::<u64>().ok())
+    };
+    let (a, b) = (share("compute: cpu 0 (apic 1) "), share("compute: cpu 1 (apic 3) "));
+    expect(matches!((a, b), (Some(x), Some(y)) if x > 0 && y > 0 && x + y == 148_933), || {
+        format!("the two CPUs' shares are {a:?} and {b:?}: {lines:?}")
+    })?;
+    expect(ipis_to(o, 3)?.0 == 1, || "APIC 3 was not started by the manager".into())
 }
 
 fn check_two_linux(o: &Outcome) -> Result<(), String> {

@@ -59,7 +59,7 @@ impl RingData for Data {
         }
         let p = self.base.wrapping_add(i as usize);
         // SAFETY: `i < capacity` (checked above), so `p` lies in `base..base + capacity`, the
-        // data area `init` was given: mapped, writable, and ours (single producer) between
+        // data area `init` was given: mapped, writable, and ours (the producer lock is held) between
         // `tail` and `tail + capacity`, which is where the ring logic writes. Volatile: the
         // manager reads it from another CPU after the release store of `head`.
         unsafe { p.write_volatile(b) }
@@ -75,10 +75,28 @@ pub fn write_bytes(bytes: &[u8]) -> u64 {
     let Some(ring) = (unsafe { ring.as_ref() }) else {
         return bytes.len() as u64;
     };
+    // One producer at a time, whichever CPU of the instance prints. A CPU that cannot get the
+    // lock in time (its holder faulted mid-write, say) drops its bytes rather than hang.
+    let mut tries = 0u32;
+    while PRODUCER.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err()
+    {
+        tries += 1;
+        if tries > LOCK_TRIES {
+            return bytes.len() as u64;
+        }
+        core::hint::spin_loop();
+    }
     let mut data =
         Data { base: DATA.load(Ordering::Relaxed), capacity: CAPACITY.load(Ordering::Relaxed) };
-    ring::write(ring, &mut data, bytes)
+    let dropped = ring::write(ring, &mut data, bytes);
+    PRODUCER.store(false, Ordering::Release);
+    dropped
 }
+
+/// Held by the CPU writing into the ring.
+static PRODUCER: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+/// Attempts at the producer lock before a write is dropped (far longer than any write takes).
+const LOCK_TRIES: u32 = 1 << 24;
 
 /// A `fmt::Write` that buffers on the stack and flushes to the ring.
 struct LineWriter {

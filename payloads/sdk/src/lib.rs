@@ -12,17 +12,23 @@
 //!   channel: never blocking, dropped bytes counted in the ring's `dropped`;
 //! - the status block: [`heartbeat`], [`set_result`], [`exit`];
 //! - a panic handler that prints the message and exits with [`PANIC_EXIT_CODE`];
-//! - TSC time ([`time`]) and the image checksum check ([`Context::verify_checksum`]).
+//! - TSC time ([`time`]) and the image checksum check ([`Context::verify_checksum`]);
+//! - several CPUs: every CPU of the instance enters `_start` (`RSI` = its index in the boot
+//!   info's CPU list); CPU 0 sets the SDK up and runs `main`, the others wait for it, load the
+//!   SDK's IDT and timer on themselves, and run the function named with
+//!   `entry!(main, secondary)` (or halt, with `entry!(main)`). See [`Context::cpu_index`].
 //!
-//! # The environment (boot protocol version 1, `bootproto` crate docs)
-//! Long mode, interrupts off, the region identity-mapped, `RDI` = boot info, no devices. The
-//! SDK touches no port and no APIC: the console ring and status block are the only channels.
+//! # The environment (boot protocol version 2, `bootproto` crate docs)
+//! Long mode, interrupts off, the region identity-mapped, `RDI` = boot info, `RSI` = the CPU's
+//! index, each CPU on its own stack, no devices. The SDK touches no port; it programs only the
+//! local APIC timer of each CPU it runs on, for waits that halt.
 //!
 //! # Invariants
-//! - The SDK's globals are written once, in `_start`, before `main` runs, on the instance's
-//!   only CPU; afterwards they are read-only. A payload is single-threaded and takes no
-//!   interrupts unless it installs its own IDT, in which case its handlers must not print
-//!   while the interrupted code is printing (the ring has a single producer).
+//! - The SDK's globals are written once, in CPU 0's `_start`, before `main` runs; afterwards
+//!   they are read-only. Other CPUs read them only after CPU 0 published them (`READY`).
+//! - The console ring has a single producer at a time: [`console`] takes a lock around each
+//!   write (bounded: a CPU that cannot get it drops its bytes, counted), so every CPU may
+//!   print, but an interrupt handler must not print while the code it interrupted prints.
 //! - Until `_start` has validated the boot info, every SDK function is a no-op (printing drops,
 //!   heartbeats are lost), so nothing writes through an unchecked pointer.
 #![no_std]
@@ -48,6 +54,10 @@ pub const PANIC_EXIT_CODE: u32 = 101;
 static BOOT_INFO: AtomicPtr<BootInfo> = AtomicPtr::new(core::ptr::null_mut());
 /// The validated status block, set once by `_start`.
 static STATUS: AtomicPtr<StatusBlock> = AtomicPtr::new(core::ptr::null_mut());
+/// Set by CPU 0 once the SDK is ready; the other CPUs wait for it.
+static READY: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+/// How long another CPU waits for CPU 0 to set the SDK up before it halts.
+const SECONDARY_WAIT_MS: u64 = 5_000;
 
 /// Names the payload's main function and generates the `_start` entry point around it.
 ///
@@ -58,24 +68,48 @@ static STATUS: AtomicPtr<StatusBlock> = AtomicPtr::new(core::ptr::null_mut());
 /// payload_sdk::entry!(main);
 /// fn main(ctx: &payload_sdk::Context) -> ! { loop { payload_sdk::heartbeat(); } }
 /// ```
+///
+/// With a second argument, the instance's other CPUs (if it has any) run `secondary`, a
+/// `fn(&Context) -> !`, once CPU 0 has set the SDK up; without one they halt.
+///
+/// ```ignore
+/// payload_sdk::entry!(main, secondary);
+/// fn secondary(ctx: &payload_sdk::Context) -> ! { /* ctx.cpu_index() >= 1 */ loop {} }
+/// ```
 #[macro_export]
 macro_rules! entry {
     ($main:path) => {
-        /// The instance's entry point.
+        $crate::entry!($main, $crate::halt_secondary);
+    };
+    ($main:path, $secondary:path) => {
+        /// The instance's entry point, on every CPU of the instance.
         ///
         /// # Safety
-        /// Entered only by the manager, once, per the boot protocol: `RDI` = the boot info,
-        /// interrupts off, the stack set up as if by a call.
+        /// Entered only by the manager, once per CPU, per the boot protocol: `RDI` = the boot
+        /// info, `RSI` = the CPU's index, interrupts off, the stack set up as if by a call.
         #[no_mangle]
-        pub unsafe extern "C" fn _start(boot_info: *const $crate::bootproto::BootInfo) -> ! {
-            // SAFETY: the manager enters `_start` once, per the boot protocol, with `boot_info`
-            // pointing at the instance's boot info page in identity-mapped memory (this
-            // function's contract).
+        pub unsafe extern "C" fn _start(
+            boot_info: *const $crate::bootproto::BootInfo,
+            cpu_index: u64,
+        ) -> ! {
+            if cpu_index != 0 {
+                // SAFETY: as below, for another CPU of the instance.
+                let ctx = unsafe { $crate::__start_secondary(boot_info, cpu_index) };
+                ($secondary as fn(&$crate::Context) -> !)(&ctx)
+            }
+            // SAFETY: the manager enters `_start` once on CPU 0, per the boot protocol, with
+            // `boot_info` pointing at the instance's boot info page in identity-mapped memory
+            // (this function's contract).
             let ctx = unsafe { $crate::__start(boot_info) };
             let code = $crate::Main::run($main as fn(&$crate::Context) -> _, &ctx);
             $crate::exit(code)
         }
     };
+}
+
+/// What the other CPUs of an instance run under `entry!(main)`: nothing (they halt).
+pub fn halt_secondary(_: &Context) -> ! {
+    park()
 }
 
 /// The main function signatures [`entry!`] accepts, and the exit code each one's return means.
@@ -152,7 +186,7 @@ pub unsafe fn __start(boot_info: *const BootInfo) -> Context {
         if capacity.is_power_of_two() && inside(data, u64::from(capacity), 1) {
             // SAFETY: the header and `capacity` data bytes after it lie inside the region
             // (checked above), which is identity-mapped and writable for the instance's
-            // lifetime, and this is the only producer (the SDK's single CPU).
+            // lifetime, and writes are serialised by the producer lock (`console::write_bytes`).
             unsafe { console::init(ring, data as *mut u8, capacity) };
         }
     }
@@ -163,7 +197,44 @@ pub unsafe fn __start(boot_info: *const BootInfo) -> Context {
     if let Some(status) = status_block() {
         status.state.store(state::RUNNING, Ordering::Release);
     }
-    Context { info }
+    READY.store(true, Ordering::Release);
+    Context { info, cpu: 0 }
+}
+
+/// The start of every CPU but the first: waits (bounded) until CPU 0 has set the SDK up, then
+/// loads the SDK's IDT and starts this CPU's timer. Halts if the boot info is not the one CPU 0
+/// validated, the index is not in the boot info's CPU list, or CPU 0 never gets ready.
+///
+/// # Safety
+/// As [`__start`], for CPU `cpu_index` of the instance.
+#[doc(hidden)]
+pub unsafe fn __start_secondary(boot_info: *const BootInfo, cpu_index: u64) -> Context {
+    let tsc_start = time::now_ticks();
+    let mut spins = 0u64;
+    while !READY.load(Ordering::Acquire) {
+        core::hint::spin_loop();
+        spins += 1;
+        // The TSC rate is not known yet (CPU 0 sets it): bound by spins as well.
+        if time::us_between(tsc_start, time::now_ticks()) > SECONDARY_WAIT_MS * 1000
+            || spins > 1 << 34
+        {
+            park();
+        }
+    }
+    let info = BOOT_INFO.load(Ordering::Acquire);
+    if info.is_null() || info.cast_const() != boot_info {
+        park();
+    }
+    // SAFETY: CPU 0 validated this boot info and published it (READY, acquire above); the page
+    // stays mapped and unchanged for the instance's lifetime.
+    let info: &'static BootInfo = unsafe { &*info };
+    if info.version < 2 || cpu_index >= u64::from(info.cpu_count) {
+        park();
+    }
+    if info.size as usize >= core::mem::size_of::<BootInfo>() {
+        irq::init(info.lapic_base, info.lapic_timer_hz);
+    }
+    Context { info, cpu: cpu_index as u32 }
 }
 
 /// This CPU's APIC ID (CPUID leaf 0Bh's x2APIC ID where the CPU has that leaf, else leaf 1's
@@ -249,6 +320,8 @@ impl core::fmt::Display for ChecksumError {
 #[derive(Clone, Copy)]
 pub struct Context {
     info: &'static BootInfo,
+    /// The index, in the boot info's CPU list, of the CPU this context was made on.
+    cpu: u32,
 }
 
 impl Context {
@@ -277,9 +350,40 @@ impl Context {
         self.arg_words().find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
     }
 
-    /// The APIC ID of the CPU the instance runs on.
+    /// The APIC ID of the instance's first CPU (the one `main` runs on).
     pub fn apic_id(&self) -> u32 {
         self.info.apic_id
+    }
+
+    /// The index of the CPU this context belongs to in the instance's CPU list (0 for
+    /// `main`'s, 1.. for the others').
+    pub fn cpu_index(&self) -> u32 {
+        self.cpu
+    }
+
+    /// How many CPUs the instance has (1 for a version 1 boot info).
+    pub fn cpu_count(&self) -> u32 {
+        if self.info.version >= 2 {
+            self.info.cpu_count.max(1)
+        } else {
+            1
+        }
+    }
+
+    /// The APIC ID of the instance's CPU `index`, from the boot info's CPU list (checked to lie
+    /// inside the region).
+    pub fn cpu_apic_id(&self, index: u32) -> Option<u32> {
+        if self.info.version < 2 || index >= self.info.cpu_count {
+            return (index == 0).then_some(self.info.apic_id);
+        }
+        let at = self.info.cpus.checked_add(4 * u64::from(index))?;
+        let (base, size) = self.region();
+        if at < base || at.checked_add(4)? > base.checked_add(size)? || !at.is_multiple_of(4) {
+            return None;
+        }
+        // SAFETY: `at` is a 4-byte aligned address inside the instance's identity-mapped
+        // region (checked above), in the boot info page the manager wrote before the start.
+        Some(unsafe { (at as *const u32).read_volatile() })
     }
 
     /// The instance's physical region (identity-mapped): `(base, size)`.

@@ -553,12 +553,14 @@ pub struct World {
 }
 
 impl World {
+    /// A machine with `cpus` CPUs (APIC IDs 0..) and a bundle whose file 0 is [`tiny_elf`].
     pub fn new(cpus: u32, instances: Vec<Spec>) -> World {
-        let b = Bundle {
-            settings: Settings::default(),
-            files: vec![File { name: "tiny".into(), data: tiny_elf() }],
-            instances,
-        };
+        World::with_files(cpus, vec![File { name: "tiny".into(), data: tiny_elf() }], instances)
+    }
+
+    /// The same with the bundle files given.
+    pub fn with_files(cpus: u32, files: Vec<File>, instances: Vec<Spec>) -> World {
+        let b = Bundle { settings: Settings::default(), files, instances };
         let bundle = b.encode().unwrap();
         let parsed = crate::bundle::parse(&bundle).unwrap();
         World { bundle, parsed, cpus: (0..cpus).collect() }

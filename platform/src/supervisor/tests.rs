@@ -382,3 +382,95 @@ fn a_kernel_asking_for_protocol_version_1_gets_version_1_and_its_size() {
         (bootproto::PROTOCOL_VERSION, core::mem::size_of::<BootInfo>() as u32)
     );
 }
+
+#[test]
+fn every_cpu_of_a_native_instance_enters_with_its_own_slot_stack_and_index() {
+    let mut pair = spec("pair", 1);
+    pair.cpus = crate::bundle::Cpus::Exactly(alloc::vec![1, 3]);
+    let w = World::new(4, vec![pair, spec("one", 2)]);
+    let mut sup = w.supervisor(w.sim(), FACTS);
+    sup.boot().unwrap();
+    assert_eq!(sup.instances[0].state, State::Started, "{:?}", sup.instances[0].reason);
+    assert_eq!(sup.instances[0].cpus(), [1, 3]);
+    let layout = sup.instances[0].loaded.as_ref().unwrap().layout;
+    assert_ne!(layout.slot(0), layout.slot(1));
+    assert_ne!(layout.stack_top(0), layout.stack_top(1));
+    // Each fake CPU entered with RDI = the boot info and RSI = its index.
+    let entered = |id: u32| match &sup.m.cpus[&id].mode {
+        Mode::Running(run) => Some((run.boot_info, run.cpu_index)),
+        _ => None,
+    };
+    assert_eq!(entered(1), Some((layout.boot_info, 0)));
+    assert_eq!(entered(3), Some((layout.boot_info, 1)));
+    // The boot info lists both CPUs, in order.
+    let cpus_at = layout.boot_info + bootproto::info_page::CPUS_OFFSET;
+    assert_eq!((sup.m.r32(cpus_at), sup.m.r32(cpus_at + 4)), (1, 3));
+    // Stopping parks both.
+    sup.execute(Command::Stop("pair".into())).unwrap();
+    let pages = sup.pages.unwrap();
+    assert!(sup.m.parked(1, pages.park_page) && sup.m.parked(3, pages.park_page));
+}
+
+#[test]
+fn a_linux_instance_gets_its_boot_data_its_boot_cpu_started_and_its_other_cpu_parked() {
+    use crate::bundle::{Cpus, File, Protocol, Uart};
+    use crate::bzimage;
+    let mut linux = spec("linux", 2);
+    linux.protocol = Protocol::Linux;
+    linux.cpus = Cpus::Exactly(alloc::vec![2, 3]);
+    linux.memory = 128 * MIB;
+    linux.devices = alloc::vec![Uart::Com2];
+    linux.initrd = Some(1);
+    linux.cmdline = "quiet".into();
+    linux.file = 0;
+    let mut hello = spec("hello", 1);
+    hello.file = 2;
+    let files = alloc::vec![
+        File { name: "vmlinuz".into(), data: bzimage::header_only_image(0x200_0000, 0x3000) },
+        File { name: "initrd".into(), data: alloc::vec![0x1f; 5000] },
+        File { name: "tiny".into(), data: tiny_elf() },
+    ];
+    let w = World::with_files(4, files, alloc::vec![linux, hello]);
+    let mut sup = w.supervisor(w.sim(), FACTS);
+    sup.boot().unwrap();
+    assert!(sup.m.triple_faults.is_empty(), "{:?}", sup.m.triple_faults);
+    let i = &sup.instances[0];
+    assert_eq!(i.state, State::Started, "{:?}", i.reason);
+    let region = i.region().unwrap();
+    assert!(region.start >= 16 * MIB && region.start.is_multiple_of(2 * MIB), "{region:?}");
+    let low = i.resources.as_ref().unwrap().low.expect("a low slice for the real-mode trampoline");
+    assert!(low.end <= 0x10_0000 && low.len() == crate::linuxboot::LOW_MEMORY_BYTES);
+    // Only the boot CPU was started; the other was parked for Linux to start.
+    let pages = sup.pages.unwrap();
+    assert!(sup.m.parked(3, pages.park_page), "APIC 3 should wait in the parking page");
+    assert!(sup.m.running(2));
+    assert_eq!(sup.m.quiesced, [0x2F8], "COM2 quiet before Linux gets it");
+    // The zero page: the kernel's entry, our e820 (low slice + region), the command line.
+    let layout = i.loaded.as_ref().unwrap().layout;
+    let zp: alloc::vec::Vec<u8> = (0..4096).map(|k| sup.m.byte(layout.boot_info + k)).collect();
+    let e820 = bzimage::e820_of(&zp);
+    assert_eq!(e820[0].addr, low.start);
+    assert!(
+        e820.iter().all(|e| (e.addr >= region.start && e.addr + e.size <= region.end)
+            || (e.addr >= low.start && e.addr + e.size <= low.end)),
+        "{e820:?}"
+    );
+    let cmdline_at = bootproto::le::u32_at(&zp, bzimage::offset::CMD_LINE_PTR).unwrap() as u64;
+    let cmdline: alloc::vec::Vec<u8> =
+        (0..400).map(|k| sup.m.byte(cmdline_at + k)).take_while(|&b| b != 0).collect();
+    let cmdline = String::from_utf8(cmdline).unwrap();
+    assert!(
+        cmdline.starts_with("console=uart8250,io,0x2f8") && cmdline.ends_with(" quiet"),
+        "{cmdline}"
+    );
+    let rsdp = bootproto::le::u64_at(&zp, bzimage::offset::ACPI_RSDP_ADDR).unwrap();
+    assert_eq!(sup.m.bytes::<8>(rsdp), *b"RSD PTR ");
+    assert_eq!(i.entry, region.start.max(16 * MIB) + 0x200);
+    // Stopping: both CPUs parked, COM2 quiesced again, region and low slice scrubbed.
+    sup.execute(Command::Stop("linux".into())).unwrap();
+    assert_eq!(sup.m.quiesced, [0x2F8, 0x2F8]);
+    assert_eq!(sup.m.first_nonzero(low.start, low.len()), Ok(None));
+    // And it starts again (the image is copied afresh each time).
+    sup.execute(Command::Start("linux".into())).unwrap();
+    assert_eq!(sup.instances[0].state, State::Started, "{:?}", sup.instances[0].reason);
+}
