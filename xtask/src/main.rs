@@ -524,6 +524,10 @@ fn cmd_test(filter: Option<&str>, no_host: bool, no_lint: bool) -> anyhow::Resul
         } else if let Some(template) = s.manifest {
             let spin = payloads::build_foreign_image(&build::root(), &build::target_dir())?;
             let mut text = template.replace("{spin}", &spin.display().to_string());
+            if text.contains("{big}") {
+                let big = payloads::build_big_image(&build::root(), &build::target_dir())?;
+                text = text.replace("{big}", &big.display().to_string());
+            }
             if s.linux {
                 let prepared = linux_material.get_or_insert_with(|| {
                     match linux::prepare(&build::target_dir().join("linux")) {

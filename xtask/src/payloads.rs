@@ -45,6 +45,28 @@ pub fn build_foreign_image(root: &Path, target_dir: &Path) -> anyhow::Result<Pat
     Ok(out)
 }
 
+/// Builds `tests/images/big.c`: a 12 MiB static PIE (its data is in the file) that knows
+/// nothing of the boot protocol, for the scenario that loads an image of a distribution
+/// kernel's size. Returns the ELF's path.
+pub fn build_big_image(root: &Path, target_dir: &Path) -> anyhow::Result<PathBuf> {
+    let out_dir = target_dir.join("images");
+    std::fs::create_dir_all(&out_dir)?;
+    let out = out_dir.join("big.elf");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "gcc".into());
+    let status = Command::new(&cc)
+        .args(["-ffreestanding", "-nostdlib", "-static-pie", "-fPIE", "-O2"])
+        .args(["-mno-red-zone", "-mgeneral-regs-only", "-fno-stack-protector"])
+        .args(["-Wl,-e,_start", "-Wl,--build-id=none", "-Wl,-z,text", "-o"])
+        .arg(&out)
+        .arg(root.join("tests/images/big.c"))
+        .status()
+        .with_context(|| format!("running {cc} for tests/images/big.c (install gcc or set CC)"))?;
+    if !status.success() {
+        bail!("{cc} failed to build tests/images/big.c");
+    }
+    Ok(out)
+}
+
 /// A built payload: its short name (used in the manager's configuration) and its ELF.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Payload {
