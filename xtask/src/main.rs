@@ -19,9 +19,11 @@ mod bench;
 mod build;
 mod bundle;
 mod capture;
+mod flash;
 mod inspect;
 mod lint;
 mod linux;
+mod machine;
 mod manifest;
 mod payloads;
 mod prereq;
@@ -91,10 +93,54 @@ enum Cmd {
     ///
     /// Prints the instances it would start, one line each, or every error found
     /// (`file:line:column: ...`) and exits non-zero. Whether a CPU exists and whether the memory
-    /// fits the machine are checked by the manager at boot, not here.
+    /// fits the machine are checked by the manager at boot, or here with --machine.
     Check {
         /// The manifest to check (see docs/manifest.md).
         manifest: PathBuf,
+        /// Also plan it on this machine, with the manager's own code (run it on the target
+        /// under any Linux, e.g. a live USB, as root): the CPU inventory, each instance's CPUs,
+        /// memory, low memory and UARTs or the manager's refusal in its own words, and which
+        /// image to write (bios or uefi). Exits non-zero if the manager would refuse anything.
+        #[arg(long)]
+        machine: bool,
+        /// Read the machine from this directory instead of /sys (laid out like /sys: a
+        /// `cargo xtask capture-machine` directory).
+        #[arg(long, value_name = "DIR", requires = "machine")]
+        sysfs: Option<PathBuf>,
+    },
+    /// Copy what `check --machine` reads of this machine into a directory, for a bug report.
+    ///
+    /// The MADT, the firmware memory map, whether it booted UEFI and its serial ports, with
+    /// `uname -a`; `check --machine --sysfs OUT` reads it back. Run as root (the ACPI tables
+    /// are readable by root only).
+    CaptureMachine {
+        /// The directory to write (created; must not hold a capture already).
+        out: PathBuf,
+    },
+    /// Build the USB disk image and write it to a removable disk, with checks first.
+    ///
+    /// Refuses anything but a whole, unmounted, removable disk that is not the running system's
+    /// and is big enough; shows its vendor, model and size and asks you to type its name; writes
+    /// in 4 MiB blocks, syncs, reads it back and compares. Needs write access to the device
+    /// (root, or the disk group).
+    Flash {
+        /// The whole disk to write, e.g. /dev/sdb (or a /dev/disk/by-id/... link to it).
+        /// Everything on it is lost.
+        #[arg(long, value_name = "DEVICE")]
+        device: PathBuf,
+        /// Which firmware the target boots with (`check --machine` says which).
+        #[arg(long, value_enum, default_value_t = RunFirmware::Bios)]
+        firmware: RunFirmware,
+        /// The manifest: which kernels to start (default: manifests/default.toml).
+        #[arg(long, value_name = "PATH")]
+        manifest: Option<PathBuf>,
+        /// Do not ask for confirmation (for scripts).
+        #[arg(long)]
+        yes: bool,
+        /// Also write a disk that is not marked removable (some USB disks report themselves
+        /// as fixed; so do internal disks).
+        #[arg(long)]
+        allow_fixed: bool,
     },
     /// Boot the manager under QEMU, stream its console, and end with a verdict.
     ///
@@ -206,7 +252,18 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Build => cmd_build(),
         Cmd::Image { firmware, out, manifest } => cmd_image(firmware, out, manifest),
-        Cmd::Check { manifest } => cmd_check(&manifest),
+        Cmd::Check { manifest, machine: false, .. } => cmd_check(&manifest),
+        Cmd::Check { manifest, machine: true, sysfs } => {
+            machine::check(&manifest, &sysfs.unwrap_or_else(|| PathBuf::from("/sys")))
+        }
+        Cmd::CaptureMachine { out } => machine::capture(Path::new("/sys"), &out),
+        Cmd::Flash { device, firmware, manifest, yes, allow_fixed } => flash::run(flash::Options {
+            device,
+            firmware: firmware.into(),
+            manifest: manifest.unwrap_or_else(default_manifest),
+            yes,
+            allow_fixed,
+        }),
         Cmd::Bench { firmware, runs, restarts, smp, quick, json } => {
             let firmware = firmware.into();
             let options = bench::Options { firmware, runs, restarts, smp, quick, json };

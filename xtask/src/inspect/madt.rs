@@ -105,7 +105,7 @@ fn yes_no(b: bool) -> &'static str {
     }
 }
 
-fn to_text(file: &Path, result: &Result<Inventory, String>) -> String {
+pub(crate) fn to_text(file: &Path, result: &Result<Inventory, String>) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let inv = match result {
