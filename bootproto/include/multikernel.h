@@ -280,6 +280,9 @@ static inline uint64_t mk_rdtsc(void) {
  * inside the halt.
  */
 #define MK_TIMER_VECTOR 0x20u
+/* Channel doorbells: channel i of the manifest interrupts on MK_DOORBELL_BASE + i. */
+#define MK_DOORBELL_BASE 0x40u
+#define MK_MAX_CHANNELS 64u
 #define MK_SPURIOUS_VECTOR 0xffu
 #define MK_IA32_APIC_BASE 0x1bu
 
@@ -411,6 +414,9 @@ static inline void mk_irq_init(const struct mk_boot_info *bi) {
     }
     mk_set_gate(MK_TIMER_VECTOR, (void *)mk_timer_isr, 0);
     mk_set_gate(MK_SPURIOUS_VECTOR, (void *)mk_spurious_isr, 0);
+    for (unsigned v = MK_DOORBELL_BASE; v < MK_DOORBELL_BASE + MK_MAX_CHANNELS; v++) {
+        mk_set_gate(v, (void *)mk_timer_isr, 0); /* a doorbell only wakes the CPU */
+    }
     struct {
         uint16_t limit;
         uint64_t base;
@@ -467,6 +473,243 @@ static inline void mk_wait_ms(uint64_t ms) {
         mk_tsc_rate = 1000000000ull;
     }
     mk_wait_until(mk_rdtsc() + mk_tsc_rate / 1000u * ms);
+}
+
+/* Halts once: until any interrupt (a doorbell) or the TSC reaches `deadline`. */
+static inline void mk_halt_once_until(uint64_t deadline) {
+    uint64_t now = mk_rdtsc();
+    if (now >= deadline) {
+        return;
+    }
+    uint64_t left_us = (deadline - now) / (mk_tsc_rate / 1000000u + 1u);
+    if (mk_apic_mode == 0 || left_us < 20u) {
+        while (mk_rdtsc() < deadline) {
+            __asm__ volatile("pause");
+        }
+        return;
+    }
+    uint64_t count = left_us * (mk_apic_timer_hz / 1000000u);
+    mk_apic_write(0x380u, count > 0xffffffffull ? 0xffffffffu : (uint32_t)(count + 1u));
+    __asm__ volatile("sti; hlt; cli" ::: "memory");
+    mk_apic_write(0x380u, 0u);
+}
+
+/* ---- Channels (docs/boot-protocol.md, "Channels"; the same rings as bootproto::channel) ----
+ *
+ *     const struct mk_channel_info *rec = mk_channel_find(bi, "link");
+ *     struct mk_channel ch;
+ *     if (!rec || mk_channel_open(&ch, rec) != 0) { ... }
+ *     mk_channel_send(&ch, "hi", 2);  mk_channel_ring(&ch);
+ *     uint8_t buf[MK_MESSAGE_MAX]; int n = mk_channel_recv(&ch, buf);   // n-1 bytes; 0: none; <0: broken
+ */
+#define MK_CHANNEL_MAGIC 0x48434b4du /* "MKCH" */
+#define MK_CHANNEL_VERSION 1u
+#define MK_CHANNEL_HEADER_BYTES 4096u
+#define MK_SLOT_BYTES 64u
+#define MK_MESSAGE_MAX 60u
+#define MK_CHANNEL_MIN_SIZE 8192u
+
+/* Errors of the channel calls (negative). */
+#define MK_CHANNEL_FULL (-1)
+#define MK_CHANNEL_TOO_LONG (-2)
+#define MK_CHANNEL_BROKEN (-3) /* the peer wrote impossible indices or lengths */
+#define MK_CHANNEL_NOT_A_CHANNEL (-4)
+
+struct mk_channel_side {
+    volatile uint32_t epoch; /* the manager adds 2 before each start of this side */
+    uint32_t reserved0;
+    volatile uint64_t sent;
+    volatile uint64_t received;
+    uint64_t pad[5];
+};
+
+struct mk_channel_index {
+    volatile uint32_t value;
+    uint32_t pad[15];
+};
+
+struct mk_channel_header {
+    uint32_t magic;
+    uint32_t version;
+    uint64_t size;
+    uint32_t slots;
+    uint32_t reserved[11];
+    struct mk_channel_side side[2];
+    struct mk_channel_index head[2]; /* head[s]: ring s's producer index, written by side s */
+    struct mk_channel_index tail[2]; /* tail[s]: ring s's consumer index, written by side 1-s */
+};
+_Static_assert(offsetof(struct mk_channel_header, side) == 0x40, "channel layout");
+_Static_assert(offsetof(struct mk_channel_header, head) == 0xc0, "channel layout");
+_Static_assert(offsetof(struct mk_channel_header, tail) == 0x140, "channel layout");
+
+/* One side of an open channel. */
+struct mk_channel {
+    struct mk_channel_header *h;
+    uint8_t *base;
+    uint32_t side, slots, peer_apic_id, vector, peer_epoch;
+    int broken;
+};
+
+static inline uint32_t mk_channel_slots_for(uint64_t size) {
+    if (size < MK_CHANNEL_MIN_SIZE) {
+        return 0;
+    }
+    uint64_t per_ring = (size - MK_CHANNEL_HEADER_BYTES) / (2u * MK_SLOT_BYTES);
+    uint32_t n = 1;
+    while ((uint64_t)n * 2u <= per_ring && n < 0x80000000u) {
+        n *= 2u;
+    }
+    return n;
+}
+
+static inline uint8_t *mk_channel_slot(const struct mk_channel *c, uint32_t ring, uint32_t index) {
+    return c->base + MK_CHANNEL_HEADER_BYTES +
+           ((uint64_t)ring * c->slots + (index & (c->slots - 1u))) * MK_SLOT_BYTES;
+}
+
+/* The boot info's record of the channel named `name`, or NULL. */
+static inline const struct mk_channel_info *mk_channel_find(const struct mk_boot_info *bi,
+                                                            const char *name) {
+    if (!mk_boot_info_has_v2(bi) || bi->channel_count == 0 || bi->channel_count > 16u) {
+        return 0;
+    }
+    const struct mk_channel_info *recs = (const struct mk_channel_info *)(uintptr_t)bi->channels;
+    for (uint32_t i = 0; i < bi->channel_count; i++) {
+        int same = 1;
+        for (unsigned k = 0; k < MK_NAME_LEN; k++) {
+            if (recs[i].name[k] != name[k]) {
+                same = 0;
+                break;
+            }
+            if (name[k] == 0) {
+                break;
+            }
+        }
+        if (same) {
+            return &recs[i];
+        }
+    }
+    return 0;
+}
+
+/* Joins the channel as this instance's side: checks the header, continues this side's ring,
+ * skips what the peer sent to this side's previous life. 0 or MK_CHANNEL_NOT_A_CHANNEL. */
+static inline int mk_channel_open(struct mk_channel *c, const struct mk_channel_info *rec) {
+    uint32_t slots = mk_channel_slots_for(rec->size);
+    struct mk_channel_header *h = (struct mk_channel_header *)(uintptr_t)rec->base;
+    if (slots == 0 || rec->side > 1u || (rec->base & 4095u) != 0 || h->magic != MK_CHANNEL_MAGIC ||
+        h->version != MK_CHANNEL_VERSION || h->size != rec->size || h->slots != slots) {
+        return MK_CHANNEL_NOT_A_CHANNEL;
+    }
+    c->h = h;
+    c->base = (uint8_t *)h;
+    c->side = rec->side;
+    c->slots = slots;
+    c->peer_apic_id = rec->peer_apic_id;
+    c->vector = rec->doorbell_vector;
+    c->broken = 0;
+    uint32_t me = c->side, peer = 1u - me;
+    uint32_t head = h->head[me].value, tail = __atomic_load_n(&h->tail[me].value, __ATOMIC_ACQUIRE);
+    if (head - tail > slots) {
+        __atomic_store_n(&h->head[me].value, tail, __ATOMIC_RELEASE);
+    }
+    uint32_t peer_head = __atomic_load_n(&h->head[peer].value, __ATOMIC_ACQUIRE);
+    __atomic_store_n(&h->tail[peer].value, peer_head, __ATOMIC_RELEASE);
+    c->peer_epoch = __atomic_load_n(&h->side[peer].epoch, __ATOMIC_ACQUIRE);
+    return 0;
+}
+
+/* Sends `n` bytes (at most MK_MESSAGE_MAX); never waits. 0 or a negative error. */
+static inline int mk_channel_send(struct mk_channel *c, const void *msg, uint32_t n) {
+    if (c->broken) {
+        return MK_CHANNEL_BROKEN;
+    }
+    if (n > MK_MESSAGE_MAX) {
+        return MK_CHANNEL_TOO_LONG;
+    }
+    struct mk_channel_header *h = c->h;
+    uint32_t me = c->side;
+    uint32_t head = h->head[me].value;
+    uint32_t tail = __atomic_load_n(&h->tail[me].value, __ATOMIC_ACQUIRE);
+    if (head - tail > c->slots) {
+        c->broken = 1;
+        return MK_CHANNEL_BROKEN;
+    }
+    if (head - tail == c->slots) {
+        return MK_CHANNEL_FULL;
+    }
+    uint8_t *slot = mk_channel_slot(c, me, head);
+    uint16_t len = (uint16_t)n, life = (uint16_t)(h->side[me].epoch / 2u);
+    volatile uint8_t *v = slot;
+    v[0] = (uint8_t)len;
+    v[1] = (uint8_t)(len >> 8);
+    v[2] = (uint8_t)life;
+    v[3] = (uint8_t)(life >> 8);
+    for (uint32_t i = 0; i < n; i++) {
+        v[4 + i] = ((const uint8_t *)msg)[i];
+    }
+    __atomic_store_n(&h->head[me].value, head + 1u, __ATOMIC_RELEASE);
+    __atomic_fetch_add(&h->side[me].sent, 1u, __ATOMIC_RELAXED);
+    return 0;
+}
+
+/* Interrupts the peer's first CPU on the channel's vector (wakes it from a halt). */
+static inline void mk_channel_ring(const struct mk_channel *c) {
+    if (mk_apic_mode == 1) {
+        mk_apic_write(0x310u, c->peer_apic_id << 24);
+        mk_apic_write(0x300u, c->vector | (1u << 14));
+    } else if (mk_apic_mode == 2) {
+        mk_wrmsr(0x830u, ((uint64_t)c->peer_apic_id << 32) | c->vector | (1u << 14));
+    }
+}
+
+/* 1 if the peer was started again since the last call (or since the channel was opened). */
+static inline int mk_channel_peer_restarted(struct mk_channel *c) {
+    uint32_t e = __atomic_load_n(&c->h->side[1u - c->side].epoch, __ATOMIC_ACQUIRE);
+    if (e == c->peer_epoch) {
+        return 0;
+    }
+    c->peer_epoch = e;
+    return 1;
+}
+
+/* Takes the next message of the peer's current life into `out` (MK_MESSAGE_MAX bytes).
+ * Returns its length + 1 (so a 0-byte message is 1), 0 if there is none, or a negative
+ * error. Messages of the peer's previous lives are dropped unread. */
+static inline int mk_channel_recv(struct mk_channel *c, uint8_t out[MK_MESSAGE_MAX]) {
+    if (c->broken) {
+        return MK_CHANNEL_BROKEN;
+    }
+    struct mk_channel_header *h = c->h;
+    uint32_t peer = 1u - c->side;
+    for (uint32_t tries = 0; tries <= c->slots; tries++) {
+        uint32_t head = __atomic_load_n(&h->head[peer].value, __ATOMIC_ACQUIRE);
+        uint32_t tail = h->tail[peer].value;
+        if (head - tail > c->slots) {
+            c->broken = 1;
+            return MK_CHANNEL_BROKEN;
+        }
+        if (head == tail) {
+            return 0;
+        }
+        uint16_t life = (uint16_t)(__atomic_load_n(&h->side[peer].epoch, __ATOMIC_ACQUIRE) / 2u);
+        const volatile uint8_t *v = mk_channel_slot(c, peer, tail);
+        uint16_t len = (uint16_t)(v[0] | (v[1] << 8)), from = (uint16_t)(v[2] | (v[3] << 8));
+        if (len > MK_MESSAGE_MAX) {
+            c->broken = 1;
+            return MK_CHANNEL_BROKEN;
+        }
+        for (uint32_t i = 0; i < len; i++) {
+            out[i] = v[4 + i];
+        }
+        __atomic_store_n(&h->tail[peer].value, tail + 1u, __ATOMIC_RELEASE);
+        if (from != life) {
+            continue;
+        }
+        __atomic_fetch_add(&h->side[c->side].received, 1u, __ATOMIC_RELAXED);
+        return (int)len + 1;
+    }
+    return 0;
 }
 
 #endif /* MULTIKERNEL_H */

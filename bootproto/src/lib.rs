@@ -41,6 +41,7 @@
 use core::mem::{offset_of, size_of};
 use core::sync::atomic::{AtomicU32, AtomicU64};
 
+pub mod channel;
 pub mod le;
 pub mod report;
 pub mod ring;
@@ -168,6 +169,23 @@ pub struct ChannelInfo {
     /// 0 if this instance is the channel's first side (`between[0]`), 1 otherwise: which half
     /// of the channel it sends on.
     pub side: u32,
+}
+
+impl ChannelInfo {
+    /// The record's bytes, field by field at their `repr(C)` offsets (little-endian).
+    pub fn encode(&self) -> [u8; size_of::<ChannelInfo>()] {
+        let mut b = [0u8; size_of::<ChannelInfo>()];
+        let mut put = |off: usize, bytes: &[u8]| b[off..off + bytes.len()].copy_from_slice(bytes);
+        put(offset_of!(ChannelInfo, name), &self.name);
+        put(offset_of!(ChannelInfo, peer_name), &self.peer_name);
+        put(offset_of!(ChannelInfo, base), &self.base.to_le_bytes());
+        put(offset_of!(ChannelInfo, size), &self.size.to_le_bytes());
+        put(offset_of!(ChannelInfo, peer_apic_id), &self.peer_apic_id.to_le_bytes());
+        put(offset_of!(ChannelInfo, peer_cpu_count), &self.peer_cpu_count.to_le_bytes());
+        put(offset_of!(ChannelInfo, doorbell_vector), &self.doorbell_vector.to_le_bytes());
+        put(offset_of!(ChannelInfo, side), &self.side.to_le_bytes());
+        b
+    }
 }
 
 /// Instance states a payload (or the trampoline) writes into [`StatusBlock::state`].

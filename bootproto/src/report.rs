@@ -20,6 +20,7 @@ pub mod section {
     pub const FRAMES: &str = "frames";
     pub const TIMELINE: &str = "timeline";
     pub const CONSOLE: &str = "console";
+    pub const CHANNELS: &str = "channels";
 }
 
 /// `-device isa-debug-exit,iobase=0xf4,iosize=0x04` (QEMU docs, "isa-debug-exit").

@@ -5,6 +5,7 @@
 use std::mem::{offset_of, size_of};
 use std::process::Command;
 
+use bootproto::channel as ch;
 use bootproto::{BootInfo, ChannelInfo, ConsoleRing, StatusBlock};
 
 #[test]
@@ -30,6 +31,17 @@ fn the_c_header_matches_the_rust_layout() {
         ("offsetof(struct mk_status_block, fault_rip)", offset_of!(StatusBlock, fault_rip)),
         ("sizeof(struct mk_console_ring)", size_of::<ConsoleRing>()),
         ("offsetof(struct mk_console_ring, dropped)", offset_of!(ConsoleRing, dropped)),
+        ("sizeof(struct mk_channel_header)", size_of::<ch::ChannelHeader>()),
+        ("offsetof(struct mk_channel_header, head)", offset_of!(ch::ChannelHeader, head)),
+        ("offsetof(struct mk_channel_header, tail)", offset_of!(ch::ChannelHeader, tail)),
+        ("MK_CHANNEL_MAGIC", ch::MAGIC as usize),
+        ("MK_CHANNEL_VERSION", ch::VERSION as usize),
+        ("MK_CHANNEL_HEADER_BYTES", ch::HEADER_BYTES as usize),
+        ("MK_SLOT_BYTES", ch::SLOT_BYTES as usize),
+        ("MK_MESSAGE_MAX", ch::MESSAGE_MAX),
+        ("MK_CHANNEL_MIN_SIZE", ch::MIN_SIZE as usize),
+        ("MK_DOORBELL_BASE", ch::DOORBELL_BASE as usize),
+        ("MK_MAX_CHANNELS", ch::MAX_CHANNELS),
     ];
     let mut tu = format!("#include \"{header}\"\n");
     for (expr, value) in checks {
@@ -62,5 +74,42 @@ fn the_c_header_matches_the_rust_layout() {
         "the C header disagrees with the Rust layout:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The C examples in docs/boot-protocol.md are meant to be copied: each ```c block must
+/// compile against the header as it is.
+#[test]
+fn the_c_examples_in_the_boot_protocol_doc_compile() {
+    let doc = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/boot-protocol.md");
+    let text = std::fs::read_to_string(doc).unwrap();
+    let mut blocks = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find("```c\n") {
+        let body = &rest[start + 5..];
+        let end = body.find("```").expect("an unterminated ```c block");
+        blocks.push(&body[..end]);
+        rest = &body[end + 3..];
+    }
+    assert!(!blocks.is_empty(), "docs/boot-protocol.md has no C example");
+    let include = concat!(env!("CARGO_MANIFEST_DIR"), "/include");
+    let dir = std::env::temp_dir().join(format!("mk-c-doc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cc = std::env::var("CC").unwrap_or_else(|_| "gcc".into());
+    for (i, block) in blocks.iter().enumerate() {
+        let src = dir.join(format!("example{i}.c"));
+        std::fs::write(&src, block).unwrap();
+        let out = Command::new(&cc)
+            .args(["-std=c11", "-ffreestanding", "-fsyntax-only", "-Wall", "-Werror", "-I"])
+            .arg(include)
+            .arg(&src)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {cc} (install gcc or set CC): {e}"));
+        assert!(
+            out.status.success(),
+            "C example {i} of docs/boot-protocol.md does not compile:\n{block}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -103,7 +103,7 @@ fn show<M: Machine>(sup: &Supervisor<'_, M>, outcome: &Outcome) {
                 crate::heap::HEAP_SIZE >> 10
             );
         }
-        Outcome::Status(i) => view::print_status(&sup.instances[i]),
+        Outcome::Status(i) => view::print_status_with_channels(sup, i),
         Outcome::Log(i) => {
             let inst = &sup.instances[i];
             println!("last {} console lines of '{}':", inst.console.recent.len(), inst.name);

@@ -53,6 +53,38 @@ pub fn print_table(instances: &[Instance]) {
     }
 }
 
+/// `status NAME`: the instance, then its channels with what each side says it sent and got.
+pub fn print_status_with_channels<M: platform::supervisor::Machine>(
+    sup: &Supervisor<'_, M>,
+    idx: usize,
+) {
+    print_status(&sup.instances[idx]);
+    for (c, side) in sup.channels_of(idx) {
+        let ch = &sup.channels[c];
+        let peer = ch.spec.between[1 - side] as usize;
+        let peer_name = sup.instances.get(peer).map_or("?", |p| p.name.as_str());
+        let counts = sup.channel_counts(c);
+        match ch.region {
+            Some(r) => println!(
+                "  channel '{}' to '{peer_name}': {:#x}..{:#x}, sent {}, received {} (peer: sent {}, received {}), doorbell vector {:#x}",
+                ch.spec.name,
+                r.start,
+                r.end,
+                counts[side].sent,
+                counts[side].received,
+                counts[1 - side].sent,
+                counts[1 - side].received,
+                u32::from(bootproto::channel::DOORBELL_BASE) + c as u32
+            ),
+            None => println!(
+                "  channel '{}' to '{peer_name}': none ({})",
+                ch.spec.name,
+                ch.refused.as_deref().unwrap_or("not placed")
+            ),
+        }
+    }
+}
+
 pub fn print_status(i: &Instance) {
     println!("instance '{}': {}", i.name, i.state);
     if let Some(r) = &i.reason {
@@ -149,6 +181,7 @@ fn owner_text(o: &Owner) -> String {
         Owner::PageTablePool => "page-table pool".into(),
         Owner::Instance(n) => format!("instance: {n}"),
         Owner::LowMemory(n) => format!("low memory: {n}"),
+        Owner::Channel(n) => format!("channel: {n}"),
     }
 }
 
@@ -233,6 +266,32 @@ pub fn emit_report(sup: &Supervisor<'_, crate::machine::Bsp>) {
             .num("checkins_done_us", t.checkins_done_us)
             .emit();
     }
+    let mut chans = report::Array::new();
+    for (c, ch) in sup.channels.iter().enumerate() {
+        let mut l = report::Line::object();
+        let names: alloc::vec::Vec<String> = ch
+            .spec
+            .between
+            .iter()
+            .map(|&b| sup.instances.get(b as usize).map_or_else(String::new, |i| i.name.clone()))
+            .collect();
+        l.str("name", &ch.spec.name).str("side0", &names[0]).str("side1", &names[1]);
+        if let Some(r) = ch.region {
+            l.num("base", r.start).num("size", r.len());
+        }
+        if let Some(why) = &ch.refused {
+            l.str("refused", why);
+        }
+        let counts = sup.channel_counts(c);
+        for (s, k) in counts.iter().enumerate() {
+            let mut side = report::Line::object();
+            side.num("epoch", u64::from(k.epoch)).num("sent", k.sent).num("received", k.received);
+            l.raw(if s == 0 { "counts0" } else { "counts1" }, &side.finish());
+        }
+        l.num("scrubs", u64::from(ch.scrubs)).bool("ready", ch.ready);
+        chans.push(&l.finish());
+    }
+    report::Line::new(bootproto::report::section::CHANNELS).raw("items", &chans.finish()).emit();
     let (draws, draw_us) = crate::fbcon::draw_stats();
     let serial = crate::serial::stats();
     report::Line::new(bootproto::report::section::CONSOLE)

@@ -14,6 +14,10 @@
  *   exit=N           exits with code N at once (no warm-up): with a restart policy, a storm
  *   cli-spin         disables interrupts and spins forever without a heartbeat
  *   idt-fault        installs its own IDT whose handlers halt silently, then page-faults
+ *   channel-garbage  opens its first channel and writes impossible indices and lengths into
+ *                    its ring (claims 1000 pending messages, a 999-byte one), then keeps
+ *                    heartbeating: its peer must call the channel broken, the manager must
+ *                    not care
  *   triple-fault     loads an empty IDT and faults: the CPU shuts down, which on a PC (and
  *                    QEMU) resets the whole machine -- the documented limit of isolation
  *                    without a hypervisor (docs/isolation.md)
@@ -132,6 +136,20 @@ __attribute__((noreturn)) void _start(const struct mk_boot_info *bi, uint64_t cp
     } else if (starts_with(args, "capacity=")) {
         say(ring, "rewrite console.capacity: ", args + 9);
         ring->capacity = (uint32_t)number(args + 9);
+    } else if (starts_with(args, "channel-garbage")) {
+        const struct mk_channel_info *rec = (const struct mk_channel_info *)(uintptr_t)bi->channels;
+        struct mk_channel ch;
+        if (!mk_boot_info_has_v2(bi) || bi->channel_count == 0 || mk_channel_open(&ch, rec) != 0) {
+            mk_ring_puts(ring, "hostile: no channel to spoil\n");
+            mk_exit(st, 2);
+        }
+        say(ring, "write garbage into channel ", rec->name);
+        uint32_t me = ch.side;
+        uint8_t *slot = mk_channel_slot(&ch, me, ch.h->head[me].value);
+        slot[0] = 0xe7; /* length 999 */
+        slot[1] = 0x03;
+        __atomic_store_n(&ch.h->head[me].value, ch.h->head[me].value + 1000u, __ATOMIC_RELEASE);
+        mk_channel_ring(&ch);
     } else if (starts_with(args, "cli-spin")) {
         say(ring, "spin with interrupts off, without a heartbeat", "");
         for (;;) {

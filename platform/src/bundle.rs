@@ -8,8 +8,9 @@
 //!
 //! # Format, version 2 (all integers little-endian)
 //! ```text
-//! header   48 B   magic "MKBUNDLE", version u32, header_size u32, file_count u32,
-//!                 instance_count u32, total_len u64, extra_offset u64, extra_len u64
+//! header   64 B   magic "MKBUNDLE", version u32, header_size u32, file_count u32,
+//!                 instance_count u32, total_len u64, extra_offset u64, extra_len u64,
+//!                 channel_count u32, reserved 12 B
 //! settings 32 B   run_ms u32, checkin_timeout_ms u32, log_level u32, flags u32, reserved 16 B
 //! files    file_count × 64 B     name[32], offset u64, len u64, fnv1a64 u64, reserved u64
 //! insts    instance_count × 384 B
@@ -24,6 +25,8 @@
 //!           88 cmdline_at u32, 92 cmdline_len u32 (UTF-8 in extra; len 0: none)
 //!           96 args[256]        352 reserved 32 B
 //!          flags: bit 1 = write boot info version 1 (a kernel built against the v1 header)
+//! chans    channel_count × 64 B  name[32], between u32 × 2 (instance indices), size u64,
+//!                 base u64 (0: any), reserved u64
 //! extra    extra_len bytes: CPU lists and command lines, referenced by the instances
 //! data     the files' bytes, at their offsets
 //! ```
@@ -36,7 +39,8 @@ use core::fmt;
 
 pub const MAGIC: [u8; 8] = *b"MKBUNDLE";
 pub const VERSION: u32 = 2;
-pub const HEADER_LEN: usize = 48;
+pub const HEADER_LEN: usize = 64;
+pub const CHANNEL_LEN: usize = 64;
 pub const SETTINGS_LEN: usize = 32;
 pub const FILE_ENTRY_LEN: usize = 64;
 pub const INSTANCE_LEN: usize = 384;
@@ -195,11 +199,24 @@ impl Instance {
     }
 }
 
+/// A shared-memory channel between two instances (see `bootproto::channel`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Channel {
+    pub name: String,
+    /// The two instances it joins, by index; `between[0]` is side 0.
+    pub between: [u32; 2],
+    /// Bytes: a multiple of 4 KiB, at least `bootproto::channel::MIN_SIZE`.
+    pub size: u64,
+    /// Fixed physical base, or `None` for "anywhere".
+    pub base: Option<u64>,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Bundle {
     pub settings: Settings,
     pub files: Vec<File>,
     pub instances: Vec<Instance>,
+    pub channels: Vec<Channel>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -224,6 +241,13 @@ pub enum BundleError {
     },
     TooManyInstances {
         count: u32,
+    },
+    TooManyChannels {
+        count: u32,
+    },
+    /// A channel names an instance that does not exist, names one twice, or has a bad size.
+    BadChannel {
+        index: usize,
     },
     TableOutOfBounds,
     /// A string field is not UTF-8, or has bytes after its NUL padding.
@@ -278,6 +302,17 @@ impl fmt::Display for BundleError {
                 write!(f, "boot bundle lists {count} instances (at most {MAX_INSTANCES})")
             }
             BundleError::TableOutOfBounds => f.write_str("boot bundle tables run past its end"),
+            BundleError::TooManyChannels { count } => write!(
+                f,
+                "boot bundle lists {count} channels (at most {})",
+                bootproto::channel::MAX_CHANNELS
+            ),
+            BundleError::BadChannel { index } => write!(
+                f,
+                "boot bundle channel #{index} names a missing instance, the same instance twice, \
+                 or a size that is not a multiple of 4 KiB of at least {} bytes",
+                bootproto::channel::MIN_SIZE
+            ),
             BundleError::BadString { what, index } => {
                 write!(f, "boot bundle {what} #{index} is not valid NUL-padded UTF-8")
             }
@@ -316,6 +351,7 @@ pub struct Parsed {
     pub settings: Settings,
     pub files: Vec<FileRef>,
     pub instances: Vec<Instance>,
+    pub channels: Vec<Channel>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -429,6 +465,10 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, BundleError> {
     let instance_count = u32_at(bytes, 20);
     let total = u64_at(bytes, 24);
     let (extra_offset, extra_len) = (u64_at(bytes, 32), u64_at(bytes, 40));
+    let channel_count = u32_at(bytes, 48);
+    if channel_count as usize > bootproto::channel::MAX_CHANNELS {
+        return Err(BundleError::TooManyChannels { count: channel_count });
+    }
     if total != bytes.len() as u64 {
         return Err(BundleError::LengthMismatch { header: total, actual: bytes.len() });
     }
@@ -447,7 +487,8 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, BundleError> {
     };
     let files_at = HEADER_LEN + SETTINGS_LEN;
     let insts_at = files_at + file_count as usize * FILE_ENTRY_LEN;
-    let extra_at = insts_at + instance_count as usize * INSTANCE_LEN;
+    let chans_at = insts_at + instance_count as usize * INSTANCE_LEN;
+    let extra_at = chans_at + channel_count as usize * CHANNEL_LEN;
     let data_at = usize::try_from(extra_len).ok().and_then(|l| extra_at.checked_add(l));
     let data_at = match data_at {
         Some(d) if extra_offset == extra_at as u64 && d <= bytes.len() => d,
@@ -552,7 +593,22 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, BundleError> {
             args: str_field(&e[96..96 + ARGS_LEN], "instance args", i)?,
         });
     }
-    Ok(Parsed { settings, files, instances })
+    let mut channels = Vec::with_capacity(channel_count as usize);
+    for i in 0..channel_count as usize {
+        let e = &bytes[chans_at + i * CHANNEL_LEN..chans_at + (i + 1) * CHANNEL_LEN];
+        let name = str_field(&e[..NAME_LEN], "channel name", i)?;
+        let between = [u32_at(e, 32), u32_at(e, 36)];
+        let (size, base) = (u64_at(e, 40), u64_at(e, 48));
+        let valid = between.iter().all(|&b| b < instance_count)
+            && between[0] != between[1]
+            && size >= bootproto::channel::MIN_SIZE
+            && size.is_multiple_of(bootproto::PAGE_SIZE);
+        if !valid {
+            return Err(BundleError::BadChannel { index: i });
+        }
+        channels.push(Channel { name, between, size, base: (base != 0).then_some(base) });
+    }
+    Ok(Parsed { settings, files, instances, channels })
 }
 
 fn put_str(out: &mut [u8], s: &str, what: &'static str) -> Result<(), BundleError> {
@@ -574,7 +630,11 @@ impl Bundle {
         }
         let files_at = HEADER_LEN + SETTINGS_LEN;
         let insts_at = files_at + self.files.len() * FILE_ENTRY_LEN;
-        let extra_at = insts_at + self.instances.len() * INSTANCE_LEN;
+        if self.channels.len() > bootproto::channel::MAX_CHANNELS {
+            return Err(BundleError::TooManyChannels { count: self.channels.len() as u32 });
+        }
+        let chans_at = insts_at + self.instances.len() * INSTANCE_LEN;
+        let extra_at = chans_at + self.channels.len() * CHANNEL_LEN;
         // The extra area: each explicit CPU list, then each command line.
         let mut extra: Vec<u8> = Vec::new();
         let mut refs: Vec<(u32, u32, u32)> = Vec::new(); // (cpus_at, cmdline_at, cmdline_len)
@@ -614,6 +674,15 @@ impl Bundle {
         out[20..24].copy_from_slice(&(self.instances.len() as u32).to_le_bytes());
         out[24..32].copy_from_slice(&(total as u64).to_le_bytes());
         out[32..40].copy_from_slice(&(extra_at as u64).to_le_bytes());
+        out[48..52].copy_from_slice(&(self.channels.len() as u32).to_le_bytes());
+        for (i, c) in self.channels.iter().enumerate() {
+            let at = chans_at + i * CHANNEL_LEN;
+            put_str(&mut out[at..at + NAME_LEN], &c.name, "channel name")?;
+            out[at + 32..at + 36].copy_from_slice(&c.between[0].to_le_bytes());
+            out[at + 36..at + 40].copy_from_slice(&c.between[1].to_le_bytes());
+            out[at + 40..at + 48].copy_from_slice(&c.size.to_le_bytes());
+            out[at + 48..at + 56].copy_from_slice(&c.base.unwrap_or(0).to_le_bytes());
+        }
         out[40..48].copy_from_slice(&(extra.len() as u64).to_le_bytes());
         out[extra_at..data_at].copy_from_slice(&extra);
         let s = &mut out[HEADER_LEN..HEADER_LEN + SETTINGS_LEN];
@@ -736,6 +805,12 @@ mod tests {
                     args: String::new(),
                 },
             ],
+            channels: vec![Channel {
+                name: "link".into(),
+                between: [2, 0],
+                size: 8192,
+                base: Some(0x4000_0000),
+            }],
         }
     }
 
@@ -746,6 +821,7 @@ mod tests {
         let p = parse(&bytes).unwrap();
         assert_eq!(p.settings, b.settings);
         assert_eq!(p.instances, b.instances);
+        assert_eq!(p.channels, b.channels);
         assert_eq!(p.file(&bytes, 0).unwrap(), &b.files[0].data[..]);
         assert_eq!(p.file(&bytes, 1).unwrap(), &b.files[1].data[..]);
         assert_eq!(p.file(&bytes, 2), Err(FileError::NoSuchFile { index: 2, count: 2 }));

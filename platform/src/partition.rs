@@ -142,6 +142,9 @@ pub struct PlanRequest {
     /// Bytes of CPU table (the start-up code's APIC ID → parameters table) below 4 GiB, rounded
     /// up to whole pages; 0 for none.
     pub cpu_table: u64,
+    /// Shared-memory channels between instances: placed like instances (a fixed base, or
+    /// anywhere above 1 MiB, page-aligned), after them.
+    pub channels: Vec<InstanceRequest>,
 }
 
 /// Who a region of the plan belongs to.
@@ -161,6 +164,8 @@ pub enum Owner {
     Instance(String),
     /// An instance's slice of memory below 1 MiB, by instance name.
     LowMemory(String),
+    /// A channel between two instances, by channel name.
+    Channel(String),
 }
 
 impl fmt::Display for Owner {
@@ -173,6 +178,7 @@ impl fmt::Display for Owner {
             Owner::CpuTable => f.write_str("the CPU table"),
             Owner::Instance(name) => write!(f, "instance '{name}'"),
             Owner::LowMemory(name) => write!(f, "the low memory of instance '{name}'"),
+            Owner::Channel(name) => write!(f, "channel '{name}'"),
         }
     }
 }
@@ -450,6 +456,8 @@ pub struct Plan {
     pub regions: Vec<Carved>,
     /// Instances that could not be placed, in request order.
     pub refused: Vec<InstanceRefusal>,
+    /// Channels that could not be placed, in request order.
+    pub refused_channels: Vec<InstanceRefusal>,
 }
 
 impl Plan {
@@ -474,6 +482,10 @@ impl Plan {
     }
 
     /// The named instance's slice of low memory, if it asked for one.
+    pub fn channel(&self, name: &str) -> Option<Range> {
+        self.find(|o| matches!(o, Owner::Channel(n) if n == name))
+    }
+
     pub fn low_memory(&self, name: &str) -> Option<Range> {
         self.find(|o| matches!(o, Owner::LowMemory(n) if n == name))
     }
@@ -831,6 +843,46 @@ pub fn plan(
         }
     }
 
+    // (6) Channels: fixed ones where they ask, then the others, page-aligned above 1 MiB.
+    let mut refused_channels: Vec<InstanceRefusal> = Vec::new();
+    for req in &request.channels {
+        let problem = match check_request(req) {
+            Err(p) => Some(p),
+            Ok(c) => {
+                let owner = Owner::Channel(req.name.clone());
+                match req.fixed_base {
+                    Some(base) => {
+                        let r = Range::new(base, base.saturating_add(c.size));
+                        match planner.check_fixed(base, r) {
+                            Ok(()) => {
+                                planner.carve(owner, r);
+                                None
+                            }
+                            Err(p) => Some(p),
+                        }
+                    }
+                    None => {
+                        match first_fit(&planner.free, c.size, PAGE_SIZE, LOW_MEMORY_END, u64::MAX)
+                        {
+                            Some(start) => {
+                                planner.carve(owner, Range::new(start, start + c.size));
+                                None
+                            }
+                            None => Some(InstanceProblem::NoRoom {
+                                size: c.size,
+                                align: PAGE_SIZE,
+                                largest: largest_run(&planner.free, LOW_MEMORY_END, u64::MAX),
+                            }),
+                        }
+                    }
+                }
+            }
+        };
+        if let Some(problem) = problem {
+            refused_channels.push(InstanceRefusal { name: req.name.clone(), problem });
+        }
+    }
+
     // A refused instance gets nothing: drop the low slice it may have been given (from the
     // output only; it is not offered to anyone else).
     planner.carved.retain(|k| match &k.owner {
@@ -847,7 +899,7 @@ pub fn plan(
         .collect();
     regions.append(&mut planner.carved);
     regions.sort_by(|a, b| a.range.start.cmp(&b.range.start).then(a.range.end.cmp(&b.range.end)));
-    Ok(Plan { regions, refused })
+    Ok(Plan { regions, refused, refused_channels })
 }
 
 #[cfg(test)]

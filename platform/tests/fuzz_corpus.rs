@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
-use platform::bundle::{self, Bundle, Cpus, File, Instance, Protocol, Restart, Settings, Uart};
+use platform::bundle::{
+    self, Bundle, Channel, Cpus, File, Instance, Protocol, Restart, Settings, Uart,
+};
 use platform::madt;
 
 /// The seeds of a fuzz target: the MADT target's are the captured tables of
@@ -86,6 +88,7 @@ fn regenerate_bundle_seeds() {
                 settings: Settings::default(),
                 files: vec![File { name: "a".into(), data: elf_like(1) }],
                 instances: vec![inst("x", 0, one(1)), inst("y", 0, Cpus::Any(1))],
+                channels: vec![],
             },
         ),
         (
@@ -109,6 +112,7 @@ fn regenerate_bundle_seeds() {
                         ..inst("f", 0, one(3))
                     },
                 ],
+                channels: vec![],
             },
         ),
         (
@@ -130,6 +134,12 @@ fn regenerate_bundle_seeds() {
                     },
                     inst("pair", 0, Cpus::Any(2)),
                 ],
+                channels: vec![Channel {
+                    name: "link".into(),
+                    between: [1, 0],
+                    size: 64 << 10,
+                    base: None,
+                }],
             },
         ),
     ];

@@ -189,6 +189,11 @@ fn fake_protected(c: &Capture, map: &[Region]) -> Vec<Protected> {
 
 fn standard_request() -> PlanRequest {
     PlanRequest {
+        channels: {
+            let mut link = InstanceRequest::new("link", 64 * 1024);
+            link.align = PAGE_SIZE;
+            vec![link]
+        },
         instances: vec![
             InstanceRequest::new("a", 8 * MIB),
             InstanceRequest::new("b", 8 * MIB),
@@ -230,6 +235,11 @@ fn check_plan(file: &str, map: &[Region], prot: &[Protected], req: &PlanRequest,
                     "{file}: {c:?}"
                 );
                 assert!(r.len() >= req.cpu_table, "{file}: {c:?}");
+            }
+            Owner::Channel(name) => {
+                let want = req.channels.iter().find(|i| &i.name == name).unwrap();
+                assert!(r.start >= LOW_MEMORY_END && r.len() >= want.size, "{file}: {c:?}");
+                assert!(r.start.is_multiple_of(PAGE_SIZE), "{file}: {c:?}");
             }
             Owner::LowMemory(name) => {
                 let want = req.instances.iter().find(|i| &i.name == name).unwrap();
@@ -524,6 +534,7 @@ fn fixed_base_at_every_non_usable_region_is_refused_naming_it() {
         for m in non_usable(&map).filter(|m| m.start >= LOW_MEMORY_END) {
             assert_eq!(m.start % PAGE_SIZE, 0, "{}: {m}", c.file);
             let req = PlanRequest {
+                channels: Vec::new(),
                 instances: vec![InstanceRequest::new("x", PAGE_SIZE)
                     .aligned(PAGE_SIZE)
                     .at(m.start)],
@@ -664,6 +675,7 @@ fn random_case(rng: &mut XorShift, map: &[Region]) -> (Vec<Protected>, PlanReque
         })
         .collect();
     let req = PlanRequest {
+        channels: Vec::new(),
         instances,
         page_table_pool: rng.below(16 * MIB / PAGE_SIZE + 1) * PAGE_SIZE,
         cpu_table: rng.below(4) * PAGE_SIZE,

@@ -41,7 +41,7 @@ fn protected() -> Vec<Protected> {
 }
 
 fn request(instances: Vec<InstanceRequest>) -> PlanRequest {
-    PlanRequest { instances, page_table_pool: 64 * 4096, cpu_table: 4096 }
+    PlanRequest { channels: Vec::new(), instances, page_table_pool: 64 * 4096, cpu_table: 4096 }
 }
 
 fn refusal(p: &Plan, name: &str) -> InstanceProblem {
@@ -93,6 +93,10 @@ fn check_plan(map: &[Region], prot: &[Protected], req: &PlanRequest, p: &Plan) {
             Owner::CpuTable => {
                 assert!(r.start >= 0x100000 && r.end <= PAGE_TABLE_POOL_LIMIT);
                 assert!(r.len() >= req.cpu_table);
+            }
+            Owner::Channel(name) => {
+                let want = req.channels.iter().find(|i| &i.name == name).unwrap();
+                assert!(r.start >= 0x100000 && r.len() >= want.size, "{c:?}");
             }
             Owner::LowMemory(name) => {
                 let want = req.instances.iter().find(|i| &i.name == name).unwrap();
@@ -341,6 +345,7 @@ fn no_room_names_the_largest_free_run() {
         Region::new(0x400000, 0x400000 + 300 * MIB, U),
     ];
     let req = PlanRequest {
+        channels: Vec::new(),
         instances: vec![InstanceRequest::new("x", 512 * MIB), InstanceRequest::new("y", 100 * MIB)],
         page_table_pool: 0,
         cpu_table: 0,
@@ -395,7 +400,12 @@ fn start_and_park_pages_are_chosen_from_the_map() {
 fn low_memory_use_does_not_grow_with_the_number_of_instances() {
     let map = vec![Region::new(0, 0x9f000, U), Region::new(0x100000, 0x4000_0000, U)];
     let instances = (0..300).map(|i| InstanceRequest::new(&format!("i{i}"), 2 * MIB)).collect();
-    let req = PlanRequest { instances, page_table_pool: 300 * 22 * 4096, cpu_table: 300 * 32 };
+    let req = PlanRequest {
+        channels: Vec::new(),
+        instances,
+        page_table_pool: 300 * 22 * 4096,
+        cpu_table: 300 * 32,
+    };
     let p = plan(&map, &[], &req).unwrap();
     check_plan(&map, &[], &req, &p);
     assert!(p.refused.is_empty());
@@ -412,6 +422,7 @@ fn low_memory_slices_come_from_usable_ram_above_64_kib_or_the_instance_is_refuse
         Region::new(0x100000, 0x4000_0000, U),
     ];
     let req = PlanRequest {
+        channels: Vec::new(),
         instances: vec![
             InstanceRequest::new("linux-1", 128 * MIB).with_low_memory(0x11000),
             InstanceRequest::new("linux-2", 128 * MIB).with_low_memory(0x20000),
@@ -427,6 +438,7 @@ fn low_memory_slices_come_from_usable_ram_above_64_kib_or_the_instance_is_refuse
     assert_eq!(p.low_memory("linux-2"), Some(Range::new(0x41000, 0x61000)));
     // Ask for more than is left: that instance alone is refused, and gets no region.
     let req = PlanRequest {
+        channels: Vec::new(),
         instances: vec![
             InstanceRequest::new("linux-1", 128 * MIB).with_low_memory(0x60000),
             InstanceRequest::new("linux-2", 128 * MIB).with_low_memory(0x20000),
@@ -451,6 +463,7 @@ fn low_memory_slices_come_from_usable_ram_above_64_kib_or_the_instance_is_refuse
 fn a_refused_fixed_base_instance_keeps_no_low_memory() {
     let map = vec![Region::new(0, 0x9f000, U), Region::new(0x100000, 0x4000_0000, U)];
     let req = PlanRequest {
+        channels: Vec::new(),
         instances: vec![InstanceRequest::new("l", 128 * MIB)
             .with_low_memory(0x8000)
             .at(0x5000_0000)],
@@ -471,6 +484,7 @@ fn page_table_pool_stays_below_4_gib() {
         Region::new(0x1_0000_0000, 0x2_0000_0000, U),
     ];
     let ok = PlanRequest {
+        channels: Vec::new(),
         instances: vec![InstanceRequest::new("a", GIB)],
         page_table_pool: 2 * MIB,
         cpu_table: 0,
@@ -478,7 +492,12 @@ fn page_table_pool_stays_below_4_gib() {
     let p = plan(&map, &[], &ok).unwrap();
     assert_eq!(p.page_table_pool(), Some(Range::new(0x100000, 0x300000)));
     assert_eq!(p.instance("a"), Some(Range::new(0x1_0000_0000, 0x1_4000_0000)));
-    let too_big = PlanRequest { instances: vec![], page_table_pool: 3 * MIB, cpu_table: 0 };
+    let too_big = PlanRequest {
+        channels: Vec::new(),
+        instances: vec![],
+        page_table_pool: 3 * MIB,
+        cpu_table: 0,
+    };
     let err = plan(&map, &[], &too_big).unwrap_err();
     assert_eq!(
         err,
@@ -492,7 +511,12 @@ fn page_table_pool_stays_below_4_gib() {
         "the page-table pool needs 3 MiB below 4 GiB; the largest free run there is 2 MiB at 0x100000"
     );
     // Pool sizes are rounded up to pages.
-    let odd = PlanRequest { instances: vec![], page_table_pool: 5000, cpu_table: 0 };
+    let odd = PlanRequest {
+        channels: Vec::new(),
+        instances: vec![],
+        page_table_pool: 5000,
+        cpu_table: 0,
+    };
     assert_eq!(plan(&map, &[], &odd).unwrap().page_table_pool().map(|r| r.len()), Some(8192));
 }
 
@@ -513,6 +537,7 @@ fn unaligned_protected_range_blocks_whole_pages() {
     let map = vec![Region::new(0, 0x9f000, U), Region::new(0x100000, 0x1000000, U)];
     let prot = vec![Protected::new("boot info", 0x100800, 0x200001)];
     let req = PlanRequest {
+        channels: Vec::new(),
         instances: vec![InstanceRequest::new("a", 4096).aligned(4096)],
         page_table_pool: 4096,
         cpu_table: 0,
@@ -621,6 +646,7 @@ fn random_case(rng: &mut Lcg) -> (Vec<Region>, Vec<Protected>, PlanRequest) {
         map,
         prot,
         PlanRequest {
+            channels: Vec::new(),
             instances,
             page_table_pool: rng.pick(&[0, 4096, 64 * 4096, 4 * MIB]),
             cpu_table: rng.pick(&[0, 32, 4096, 3 * 4096]),

@@ -140,6 +140,105 @@ payload = "hello-c"
 memory = "8M"
 "#;
 
+/// Rust ping and pong polling on one channel; a Rust ping and the C pong-c with doorbells on
+/// another (-smp 5).
+const CHANNELS_BOTH_MODES: &str = r#"
+[settings]
+run_ms = 4000
+
+[[instance]]
+name = "ping"
+payload = "ping"
+memory = "8M"
+args = "rounds=2000 mode=poll"
+
+[[instance]]
+name = "pong"
+payload = "pong"
+memory = "8M"
+args = "mode=poll"
+
+[[instance]]
+name = "ping-d"
+payload = "ping"
+memory = "8M"
+args = "rounds=2000 mode=doorbell"
+
+[[instance]]
+name = "pong-c"
+payload = "pong-c"
+memory = "8M"
+args = "mode=doorbell"
+
+[[channel]]
+name = "polled"
+between = ["ping", "pong"]
+
+[[channel]]
+name = "rung"
+between = ["ping-d", "pong-c"]
+size = "16K"
+"#;
+
+/// pong dies after 500 echoes and is restarted by its policy; ping carries on (-smp 4).
+const CHANNEL_PEER_RESTART: &str = r#"
+[settings]
+run_ms = 5000
+
+[[instance]]
+name = "ping"
+payload = "ping"
+memory = "8M"
+args = "rounds=2000 mode=poll"
+
+[[instance]]
+name = "pong"
+payload = "pong"
+memory = "8M"
+args = "mode=poll exit_after=500"
+restart = "on-failure"
+max_restarts = 1
+
+[[channel]]
+name = "link"
+between = ["ping", "pong"]
+"#;
+
+/// A hostile peer writes garbage into its channel with ping; a third instance tries to read
+/// that channel's memory; hello must not notice any of it (-smp 5).
+const CHANNEL_HOSTILE_AND_THIRD: &str = r#"
+[settings]
+run_ms = 2000
+
+[[instance]]
+name = "ping"
+payload = "ping"
+memory = "8M"
+args = "rounds=100000 mode=poll"
+
+[[instance]]
+name = "hostile"
+payload = "hostile-c"
+memory = "8M"
+args = "channel-garbage"
+
+[[instance]]
+name = "third"
+payload = "fault"
+memory = "8M"
+args = "read=0x10000000"
+
+[[instance]]
+name = "hello"
+payload = "hello"
+memory = "8M"
+
+[[channel]]
+name = "spoiled"
+between = ["ping", "hostile"]
+base = "0x10000000"
+"#;
+
 /// A `compute` instance on two CPUs (both enter the image and share the sieve) beside `hello`.
 const TWO_CPU_INSTANCE: &str = r#"
 [[instance]]
@@ -420,6 +519,26 @@ pub fn all() -> Vec<Scenario> {
         let mut s = scenario(name, fw, &[], 4, check_big_image);
         s.manifest = Some(BIG_IMAGE);
         s.memory = "1G";
+        v.push(s);
+    }
+    for (name, fw) in
+        [("channels-poll-and-doorbell-bios", Bios), ("channels-poll-and-doorbell-uefi", Uefi)]
+    {
+        let mut s = scenario(name, fw, &[], 5, check_channels_both_modes);
+        s.manifest = Some(CHANNELS_BOTH_MODES);
+        v.push(s);
+    }
+    for (name, fw) in [("channel-peer-restart-bios", Bios), ("channel-peer-restart-uefi", Uefi)] {
+        let mut s = scenario(name, fw, &[], 4, check_channel_peer_restart);
+        s.manifest = Some(CHANNEL_PEER_RESTART);
+        v.push(s);
+    }
+    for (name, fw) in [
+        ("channel-hostile-peer-and-third-bios", Bios),
+        ("channel-hostile-peer-and-third-uefi", Uefi),
+    ] {
+        let mut s = scenario(name, fw, &[], 5, check_channel_hostile_and_third);
+        s.manifest = Some(CHANNEL_HOSTILE_AND_THIRD);
         v.push(s);
     }
     for (name, fw) in [("two-cpu-instance-bios", Bios), ("two-cpu-instance-uefi", Uefi)] {
@@ -849,6 +968,109 @@ fn check_big_image(o: &Outcome) -> Result<(), String> {
     expect(heap < 1 << 20, || format!("the manager's heap holds {heap} bytes after loading 12 MiB"))
 }
 
+/// The `channels` report section, by channel name.
+fn channel_report(o: &Outcome, name: &str) -> Result<Value, String> {
+    let (sections, _) = collect_sections(&o.serial);
+    let list =
+        sections.get(section::CHANNELS).and_then(Value::as_array).ok_or("no channels section")?;
+    list.iter()
+        .find(|c| c["name"] == name)
+        .cloned()
+        .ok_or_else(|| format!("channel '{name}' not reported"))
+}
+
+/// `ping: N round trips, median X ns, ...` from an instance's console, as (N, median ns).
+fn round_trips(o: &Outcome, instance_name: &str) -> Option<(u64, u64)> {
+    console(o, instance_name).iter().find_map(|l| {
+        let rest = l.strip_prefix("ping: ")?;
+        let (n, rest) = rest.split_once(" round trips, median ")?;
+        let (median, _) = rest.split_once(" ns")?;
+        Some((n.parse().ok()?, median.parse().ok()?))
+    })
+}
+
+fn check_channels_both_modes(o: &Outcome) -> Result<(), String> {
+    expect(o.verdict.pass, || format!("run failed: {}", o.verdict.reason))?;
+    let list = instances(o)?;
+    for (ping, channel, mode) in [("ping", "polled", "(poll)"), ("ping-d", "rung", "(doorbell)")] {
+        check_running(&list, ping)?;
+        let rt = round_trips(o, ping);
+        expect(rt.is_some_and(|(n, median)| n == 2000 && median > 0), || {
+            format!("{ping} did not finish 2000 round trips: {:?}", console(o, ping))
+        })?;
+        expect(console(o, ping).iter().any(|l| l.ends_with(mode)), || {
+            format!("{ping} ran in the wrong mode")
+        })?;
+        expect(instance(&list, ping)?["result"] == 2000, || {
+            format!("{ping}'s result is not 2000")
+        })?;
+        let c = channel_report(o, channel)?;
+        for side in ["counts0", "counts1"] {
+            let (sent, received) = (&c[side]["sent"], &c[side]["received"]);
+            expect(sent.as_u64() >= Some(2000) && received.as_u64() >= Some(2000), || {
+                format!("channel '{channel}' {side}: sent {sent}, received {received}")
+            })?;
+        }
+    }
+    expect(
+        console(o, "pong-c")
+            .iter()
+            .any(|l| l.starts_with("pong-c: echoing on channel rung (doorbell)")),
+        || "the C peer did not open its channel".into(),
+    )
+}
+
+fn check_channel_peer_restart(o: &Outcome) -> Result<(), String> {
+    let list = instances(o)?;
+    let pong = instance(&list, "pong")?;
+    expect(pong["restarts"] == 1, || {
+        format!("pong restarted {} times, expected 1", pong["restarts"])
+    })?;
+    expect(console(o, "pong").iter().any(|l| l.contains("exiting after 500 echoes")), || {
+        "pong did not die mid-run".into()
+    })?;
+    expect(console(o, "ping").iter().any(|l| l.contains("the peer was started again")), || {
+        format!("ping did not notice pong's restart: {:?}", console(o, "ping"))
+    })?;
+    expect(round_trips(o, "ping").is_some_and(|(n, _)| n == 2000), || {
+        format!("ping did not finish after the restart: {:?}", console(o, "ping"))
+    })?;
+    let c = channel_report(o, "link")?;
+    expect(c["counts1"]["epoch"] == 4, || format!("pong's side should be in its second life: {c}"))
+}
+
+fn check_channel_hostile_and_third(o: &Outcome) -> Result<(), String> {
+    let list = instances(o)?;
+    let ping = instance(&list, "ping")?;
+    expect(ping["state"] == "exited" && ping["exit_code"] == 4, || {
+        format!(
+            "ping should have exited with code 4 (broken channel): {} {}",
+            ping["state"], ping["exit_code"]
+        )
+    })?;
+    expect(console(o, "ping").iter().any(|l| l.starts_with("ping: channel broken")), || {
+        format!("ping did not report the broken channel: {:?}", console(o, "ping"))
+    })?;
+    check_running(&list, "hostile")?;
+    check_running(&list, "hello")?;
+    let third = instance(&list, "third")?;
+    expect(
+        third["state"] == "faulted"
+            && third["fault"]["vector"] == 14
+            && third["fault"]["cr2"] == 0x1000_0000u64,
+        || {
+            format!(
+                "third could read another pair's channel: {} {}",
+                third["state"], third["fault"]
+            )
+        },
+    )?;
+    let c = channel_report(o, "spoiled")?;
+    expect(c["base"] == 0x1000_0000u64, || {
+        format!("the channel is not where the manifest put it: {c}")
+    })
+}
+
 /// Both CPUs of `pair` ran: each reported its share, the shares add up to pi(2 000 000).
 fn check_two_cpu_instance(o: &Outcome) -> Result<(), String> {
     expect(o.verdict.pass, || format!("run failed: {}", o.verdict.reason))?;
@@ -992,9 +1214,12 @@ fn check_conflicts(o: &Outcome) -> Result<(), String> {
         || format!("big: {} ({reason})", big["state"]),
     )?;
     expect(ipis_to(o, 3)? == (0, 0), || "an IPI went to the CPU of the refused instance".into())?;
-    // One start: one INIT, a SIPI before it and the two after it.
+    // One start: one INIT, a SIPI before it and the start's SIPI, plus the SDM's second one if
+    // the CPU had not found its entry 200 us after the first.
     let sent = ipis_to(o, 2)?;
-    expect(sent == (1, 3), || format!("CPU 2 was sent {sent:?} (INIT, SIPI), expected (1, 3)"))
+    expect(sent.0 == 1 && (2..=3).contains(&sent.1), || {
+        format!("CPU 2 was sent {sent:?} (INIT, SIPI), expected one INIT and 2 or 3 SIPIs")
+    })
 }
 
 fn check_shell(o: &Outcome) -> Result<(), String> {

@@ -17,8 +17,15 @@ use anyhow::Context;
 use crate::build::{self, KERNEL_TARGET};
 
 /// The workspace members that build only for `x86_64-unknown-none`.
-pub const TARGET_ONLY: &[&str] =
-    &["kernel", "payload-sdk", "payload-hello", "payload-compute", "payload-fault"];
+pub const TARGET_ONLY: &[&str] = &[
+    "kernel",
+    "payload-sdk",
+    "payload-hello",
+    "payload-compute",
+    "payload-fault",
+    "payload-ping",
+    "payload-pong",
+];
 
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));

@@ -78,6 +78,9 @@ enum Cmd {
         /// beside it.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// Run only these parts (default: all of scale, restart, channels).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<bench::Part>,
     },
     /// Restart an instance many times next to hostile neighbours, then check that no frame,
     /// heap byte or console line was lost (minutes; not part of `test`).
@@ -264,9 +267,9 @@ fn main() -> ExitCode {
             yes,
             allow_fixed,
         }),
-        Cmd::Bench { firmware, runs, restarts, smp, quick, json } => {
+        Cmd::Bench { firmware, runs, restarts, smp, quick, json, only } => {
             let firmware = firmware.into();
-            let options = bench::Options { firmware, runs, restarts, smp, quick, json };
+            let options = bench::Options { firmware, runs, restarts, smp, quick, json, only };
             bench::run(options).map(|()| ExitCode::SUCCESS)
         }
         Cmd::RunQemu(args) => cmd_run_qemu(args),

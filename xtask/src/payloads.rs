@@ -75,12 +75,20 @@ pub struct Payload {
 }
 
 /// The Rust payloads: (short name, cargo package; the binary has the package's name).
-const RUST_PAYLOADS: &[(&str, &str)] =
-    &[("hello", "payload-hello"), ("compute", "payload-compute"), ("fault", "payload-fault")];
+const RUST_PAYLOADS: &[(&str, &str)] = &[
+    ("hello", "payload-hello"),
+    ("compute", "payload-compute"),
+    ("fault", "payload-fault"),
+    ("ping", "payload-ping"),
+    ("pong", "payload-pong"),
+];
 
 /// The C payloads: (short name, source relative to the workspace root).
-const C_PAYLOADS: &[(&str, &str)] =
-    &[("hello-c", "payloads/hello-c/hello.c"), ("hostile-c", "payloads/hostile-c/hostile.c")];
+const C_PAYLOADS: &[(&str, &str)] = &[
+    ("hello-c", "payloads/hello-c/hello.c"),
+    ("hostile-c", "payloads/hostile-c/hostile.c"),
+    ("pong-c", "payloads/pong-c/pong.c"),
+];
 
 /// The names of the payloads [`build_all`] builds, as a manifest's `payload =` names them.
 pub fn names() -> impl Iterator<Item = &'static str> {

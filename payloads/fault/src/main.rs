@@ -13,6 +13,7 @@
 //! | `panic`       | panics (the SDK's handler prints the message)      | EXITED, code 101        |
 //! | `exit=N`      | exits with code `N`                                | EXITED, code N          |
 //! | `flood=N`     | prints N numbered lines as fast as it can, then heartbeats | `... bytes dropped`, RUNNING |
+//! | `read=ADDR`   | reads the 8 bytes at `ADDR` (hex `0x...`), e.g. another instance's channel | FAULTED, vector 14, CR2 = ADDR, if the page is not its own |
 //! | anything else | prints an error                                    | EXITED, code 2          |
 //!
 //! Each fault is raised in inline assembly, so the compiler can neither remove it nor treat it
@@ -39,6 +40,28 @@ payload_sdk::entry!(main);
 fn main(ctx: &Context) -> ! {
     let what = ctx.arg_words().next().unwrap_or("");
     heartbeat();
+    if let Some(addr) = what.strip_prefix("read=") {
+        let Some(addr) = addr.strip_prefix("0x").and_then(|h| u64::from_str_radix(h, 16).ok())
+        else {
+            println!("fault: read= wants a hex address such as 0x40000000");
+            exit(BAD_ARGS_EXIT_CODE);
+        };
+        println!("fault: about to read {addr:#x}");
+        let value: u64;
+        // SAFETY: deliberately probing: a load from an address this instance's page tables may
+        // not map; if they do not, #PF is raised before anything is read and the SDK's IDT
+        // records it and parks the CPU.
+        unsafe {
+            asm!(
+                "mov {out}, qword ptr [{addr}]",
+                addr = in(reg) addr,
+                out = out(reg) value,
+                options(nostack, readonly),
+            );
+        }
+        println!("fault: read {value:#x} from {addr:#x}: it is mapped here");
+        exit(SURVIVED_EXIT_CODE);
+    }
     match what {
         "page-fault" => {
             println!("fault: about to write to unmapped address {UNMAPPED_ADDR:#x} (page fault)");

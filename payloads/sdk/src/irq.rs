@@ -67,6 +67,11 @@ pub(crate) fn init(lapic_base: u64, timer_hz: u64) {
             set_gate(v as u8, h, 1);
         }
         set_gate(TIMER_VECTOR, timer as extern "x86-interrupt" fn(Frame) as usize as u64, 0);
+        // Channel doorbells: an interrupt that only wakes the CPU (`crate::channel`).
+        let first = bootproto::channel::DOORBELL_BASE;
+        for v in first..first + bootproto::channel::MAX_CHANNELS as u8 {
+            set_gate(v, timer as extern "x86-interrupt" fn(Frame) as usize as u64, 0);
+        }
         set_gate(SPURIOUS_VECTOR, spurious as extern "x86-interrupt" fn(Frame) as usize as u64, 0);
     }
     #[repr(C, packed)]
@@ -118,6 +123,28 @@ pub fn halt_until(deadline: u64) {
     if halting() {
         lapic::arm_timer(0);
     }
+}
+
+/// Halts once: until any interrupt (a channel's doorbell, for instance) or `deadline` (TSC
+/// ticks), whichever comes first. Spins to the deadline if waits cannot halt.
+pub fn halt_once_until(deadline: u64) {
+    let now = crate::time::now_ticks();
+    if now >= deadline {
+        return;
+    }
+    let left_us = crate::time::us_between(now, deadline);
+    if !halting() || left_us < MIN_HALT_US {
+        while crate::time::now_ticks() < deadline {
+            core::hint::spin_loop();
+        }
+        return;
+    }
+    let hz = TIMER_HZ.load(Ordering::Relaxed);
+    let count = (u128::from(left_us) * u128::from(hz) / 1_000_000).clamp(1, u32::MAX as u128);
+    lapic::arm_timer(count as u32);
+    // SAFETY: as in `halt_until`: interrupts are enabled for the halt only.
+    unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+    lapic::arm_timer(0);
 }
 
 extern "x86-interrupt" fn timer(_frame: Frame) {

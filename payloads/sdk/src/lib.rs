@@ -35,6 +35,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![feature(abi_x86_interrupt)]
 
+pub mod channel;
 pub mod console;
 pub mod irq;
 pub mod lapic;
@@ -359,6 +360,21 @@ impl Context {
     /// `main`'s, 1.. for the others').
     pub fn cpu_index(&self) -> u32 {
         self.cpu
+    }
+
+    /// Opens the channel the manifest named `name` (`[[channel]]`), joining it as this
+    /// instance's side.
+    pub fn channel(&self, name: &str) -> Result<channel::Channel, channel::OpenError> {
+        let rec = channel::records(self.info)
+            .iter()
+            .find(|r| bootproto::read_str(&r.name) == Some(name))
+            .ok_or(channel::OpenError::NoSuchChannel)?;
+        channel::Channel::open(rec)
+    }
+
+    /// The names of this instance's channels.
+    pub fn channel_names(&self) -> impl Iterator<Item = &'static str> {
+        channel::records(self.info).iter().filter_map(|r| bootproto::read_str(&r.name))
     }
 
     /// How many CPUs the instance has (1 for a version 1 boot info).

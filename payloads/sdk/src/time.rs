@@ -43,7 +43,7 @@ pub fn us_between(earlier: u64, later: u64) -> u64 {
 }
 
 /// A point in TSC time to wait for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Deadline(u64);
 
 impl Deadline {
@@ -55,6 +55,11 @@ impl Deadline {
     /// `ms` milliseconds from now.
     pub fn after_ms(ms: u64) -> Deadline {
         Deadline::after_us(ms.saturating_mul(1000))
+    }
+
+    /// The TSC value it stands for.
+    pub fn ticks(&self) -> u64 {
+        self.0
     }
 
     /// Whether the deadline has passed.

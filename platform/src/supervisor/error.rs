@@ -131,6 +131,11 @@ pub enum StartError {
     ZeroPage(crate::bzimage::ZeroPageError),
     /// A Linux instance's other CPUs could not be parked for Linux to start.
     Secondary(StopError),
+    /// A channel of the instance has no memory.
+    Channel {
+        name: String,
+        why: String,
+    },
 }
 
 impl fmt::Display for StartError {
@@ -152,6 +157,9 @@ impl fmt::Display for StartError {
             StartError::BzImage(e) => write!(f, "Linux image refused: {e}"),
             StartError::Linux(e) => write!(f, "Linux kernel refused: {e}"),
             StartError::ZeroPage(e) => write!(f, "Linux boot parameters: {e}"),
+            StartError::Channel { name, why } => {
+                write!(f, "its channel '{name}' could not be placed: {why}")
+            }
             StartError::Secondary(e) => {
                 write!(f, "its other CPUs could not be readied for Linux to start: {e}")
             }

@@ -77,6 +77,9 @@ impl<'a, M: Machine> Supervisor<'a, M> {
         let (load_base, load_len) = layout.load_area();
         let plan = loader::plan(image, loader::Region::new(load_base, load_len))
             .map_err(StartError::Image)?;
+        // Its channels: headers written once, its side's epoch moved on, mapped below.
+        let channel_infos = self.prepare_channels(i)?;
+        let channels_regions = self.channel_regions(i);
 
         // The image, then the rest of the region (shared pages, slots, stacks) zeroed, unless
         // the region is known to be zero already.
@@ -110,8 +113,16 @@ impl<'a, M: Machine> Supervisor<'a, M> {
         let Some(pool) = self.pool.as_mut() else {
             return Err(StartError::Transition(crate::lifecycle::TransitionError::Refused));
         };
+        let channel_regions = channels_regions.clone();
         let mut frames = TableFrames { phys: &mut self.m, pool, used: Vec::new(), error: None };
-        let built = build_tables(&mut frames, &plan, region, pages.start_page, &self.facts);
+        let built = build_tables(
+            &mut frames,
+            &plan,
+            region,
+            &channel_regions,
+            pages.start_page,
+            &self.facts,
+        );
         let (used, mem_error) = (core::mem::take(&mut frames.used), frames.error);
         let give_back = |pool: &mut FrameAllocator, used: &[u64]| {
             for &f in used {
@@ -131,7 +142,14 @@ impl<'a, M: Machine> Supervisor<'a, M> {
         };
 
         let entry = plan.entry().vaddr;
-        let result = self.write_start_data(i, &layout, cr3, entry, (ck_base, ck_len, checksum));
+        let result = self.write_start_data(
+            i,
+            &layout,
+            cr3,
+            entry,
+            (ck_base, ck_len, checksum),
+            &channel_infos,
+        );
         if let Err(e) = result {
             if let Some(pool) = self.pool.as_mut() {
                 give_back(pool, &used);
@@ -193,6 +211,7 @@ impl<'a, M: Machine> Supervisor<'a, M> {
         cr3: u64,
         entry: u64,
         (checksum_base, checksum_len, checksum): (u64, u64, u64),
+        channels: &[bootproto::ChannelInfo],
     ) -> Result<(), StartError> {
         let (Some(res), Some(pages)) = (self.instances[i].resources.clone(), self.pages) else {
             return Err(StartError::Transition(crate::lifecycle::TransitionError::Refused));
@@ -224,9 +243,13 @@ impl<'a, M: Machine> Supervisor<'a, M> {
             lapic_base: self.facts.lapic_base,
             lapic_timer_hz: self.facts.lapic_timer_hz,
             acpi_view: 0,
-            channel_count: 0,
+            channel_count: channels.len() as u32,
             _reserved2: 0,
-            channels: 0,
+            channels: if channels.is_empty() {
+                0
+            } else {
+                layout.boot_info + info_page::CHANNELS_OFFSET
+            },
         };
         bootproto::fill_str(&spec.name, &mut info.name);
         bootproto::fill_str(&spec.args, &mut info.args);
@@ -238,6 +261,12 @@ impl<'a, M: Machine> Supervisor<'a, M> {
         }
         let ids = &ids[..4 * res.cpus.len().min(info_page::MAX_CPUS)];
         self.m.write(layout.boot_info + info_page::CPUS_OFFSET, ids).map_err(mem)?;
+        for (k, c) in channels.iter().enumerate() {
+            let at = layout.boot_info
+                + info_page::CHANNELS_OFFSET
+                + (k * size_of::<bootproto::ChannelInfo>()) as u64;
+            self.m.write(at, &c.encode()).map_err(mem)?;
+        }
         self.m
             .write_u32(
                 layout.console + offset_of!(ConsoleRing, capacity) as u64,
@@ -273,6 +302,7 @@ fn build_tables<T: TableMemory>(
     tables: &mut T,
     plan: &loader::LoadPlan,
     region: Range,
+    channels: &[Range],
     start_page: u64,
     facts: &super::Facts,
 ) -> Result<(u64, usize), PageTableError> {
@@ -281,6 +311,9 @@ fn build_tables<T: TableMemory>(
         mapper.map(m.vaddr, m.paddr, m.size, Perms::segment(m.flags.write, m.flags.execute))?;
     }
     mapper.map_unmapped(region.start, region.start, region.len(), Perms::RW)?;
+    for c in channels {
+        mapper.map(c.start, c.start, c.len(), Perms::RW)?;
+    }
     mapper.map(start_page, start_page, PAGE_SIZE, Perms::RX)?;
     if facts.lapic_base != 0 {
         mapper.map_unmapped(facts.lapic_base, facts.lapic_base, PAGE_SIZE, Perms::MMIO)?;

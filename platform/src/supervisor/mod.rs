@@ -26,6 +26,7 @@
 //! bound.
 
 mod assign;
+mod channels;
 mod commands;
 mod console;
 mod error;
@@ -54,6 +55,7 @@ use crate::memmap::{Region, RegionKind};
 use crate::partition::{self, InstanceRequest, Plan, PlanError, PlanRequest, Protected};
 
 pub use assign::{assign, CpuRequest};
+pub use channels::{ChannelState, SideCounts};
 pub use commands::Outcome;
 pub use error::{
     vector_name, CheckinTimeout, CommandError, CpuProblem, Failure, StartError, StopError,
@@ -146,7 +148,22 @@ pub fn plan(
         pool = pool.saturating_add(page_tables_for(spec.memory).saturating_mul(PAGE));
         table = table.saturating_add(cpus.len() as u64 * trampoline_entry_size());
     }
-    let request = PlanRequest { instances: memory, page_table_pool: pool, cpu_table: table };
+    let channels: Vec<InstanceRequest> = parsed
+        .channels
+        .iter()
+        .map(|c| {
+            let mut r = InstanceRequest::new(&c.name, c.size);
+            r.align = PAGE;
+            if let Some(b) = c.base {
+                r = r.at(b);
+            }
+            // Each side maps it: a few tables more for each.
+            pool = pool.saturating_add(2 * page_tables_for(c.size).saturating_mul(PAGE));
+            r
+        })
+        .collect();
+    let request =
+        PlanRequest { instances: memory, page_table_pool: pool, cpu_table: table, channels };
     let plan = partition::plan(map, protected, &request)?;
     Ok(Planned { plan, cpus })
 }
@@ -204,6 +221,8 @@ pub struct Supervisor<'a, M: Machine> {
     pub quit: bool,
     /// The phases of the first (boot) start.
     pub boot_timeline: Option<Timeline>,
+    /// The bundle's channels.
+    pub channels: Vec<ChannelState>,
 }
 
 impl<'a, M: Machine> Supervisor<'a, M> {
@@ -232,6 +251,17 @@ impl<'a, M: Machine> Supervisor<'a, M> {
             verified: alloc::vec![false; parsed.files.len()],
             quit: false,
             boot_timeline: None,
+            channels: parsed
+                .channels
+                .iter()
+                .map(|c| ChannelState {
+                    spec: c.clone(),
+                    region: None,
+                    refused: None,
+                    ready: false,
+                    scrubs: 0,
+                })
+                .collect(),
         };
         let planned = match planned {
             Ok(p) => p,
@@ -256,6 +286,18 @@ impl<'a, M: Machine> Supervisor<'a, M> {
                 table: t.start,
                 table_len: (t.len() / trampoline_entry_size()) as u32,
             });
+        }
+        for c in sup.channels.iter_mut() {
+            c.region = plan.channel(&c.spec.name);
+            c.refused = plan
+                .refused_channels
+                .iter()
+                .find(|r| r.name == c.spec.name)
+                // The planner words its refusals for instances; this one is a channel's.
+                .map(|r| alloc::format!("{r}").replacen("instance '", "channel '", 1));
+            if c.region.is_none() && c.refused.is_none() {
+                c.refused = Some("the plan gave it no memory".into());
+            }
         }
         sup.pool = plan.page_table_pool().map(|p| {
             FrameAllocator::from_regions(&[Region::new(p.start, p.end, RegionKind::Usable)])

@@ -560,7 +560,17 @@ impl World {
 
     /// The same with the bundle files given.
     pub fn with_files(cpus: u32, files: Vec<File>, instances: Vec<Spec>) -> World {
-        let b = Bundle { settings: Settings::default(), files, instances };
+        World::with_channels(cpus, files, instances, Vec::new())
+    }
+
+    /// The same with channels between the instances.
+    pub fn with_channels(
+        cpus: u32,
+        files: Vec<File>,
+        instances: Vec<Spec>,
+        channels: Vec<crate::bundle::Channel>,
+    ) -> World {
+        let b = Bundle { settings: Settings::default(), files, instances, channels };
         let bundle = b.encode().unwrap();
         let parsed = crate::bundle::parse(&bundle).unwrap();
         World { bundle, parsed, cpus: (0..cpus).collect() }

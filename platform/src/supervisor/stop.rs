@@ -140,6 +140,7 @@ impl<M: Machine> Supervisor<'_, M> {
             verified += r.len();
         }
         self.instances[i].zeroed = true;
+        self.release_channels(i).map_err(|e| StopError::Scrub { addr: e.paddr })?;
         Ok(verified)
     }
 }

@@ -474,3 +474,73 @@ fn a_linux_instance_gets_its_boot_data_its_boot_cpu_started_and_its_other_cpu_pa
     sup.execute(Command::Start("linux".into())).unwrap();
     assert_eq!(sup.instances[0].state, State::Started, "{:?}", sup.instances[0].reason);
 }
+
+#[test]
+fn a_channel_is_mapped_into_its_two_instances_only_listed_in_their_boot_info_and_scrubbed_when_both_stop(
+) {
+    use crate::bundle::{Channel, File};
+    use crate::pagetable::translate;
+    let files = alloc::vec![File { name: "tiny".into(), data: tiny_elf() }];
+    let link = Channel { name: "link".into(), between: [1, 0], size: 64 << 10, base: None };
+    let w = World::with_channels(
+        4,
+        files,
+        alloc::vec![spec("ping", 1), spec("pong", 2), spec("third", 3)],
+        alloc::vec![link],
+    );
+    let mut sup = w.supervisor(w.sim(), FACTS);
+    sup.boot().unwrap();
+    let region = sup.channels[0].region.expect("the plan gave the channel memory");
+    assert_eq!(region.len(), 64 << 10);
+    for inst in &sup.instances {
+        let r = inst.region().unwrap();
+        assert!(
+            region.end <= r.start || region.start >= r.end,
+            "the channel overlaps '{}'",
+            inst.name
+        );
+    }
+    // Mapped read/write, no-execute, in ping and pong; not at all in third.
+    let cr3 = |i: usize| sup.instances[i].loaded.as_ref().unwrap().cr3;
+    for i in [0, 1] {
+        let (phys, perms) = translate(&sup.m, cr3(i), region.start + 0x1000).expect("mapped");
+        assert_eq!(phys, region.start + 0x1000);
+        assert!(perms.writable && !perms.executable);
+    }
+    assert_eq!(translate(&sup.m, cr3(2), region.start), None, "third must not see the channel");
+    // The boot info lists it, with the side, the peer and the doorbell vector.
+    let info = |i: usize| {
+        let l = sup.instances[i].loaded.as_ref().unwrap().layout;
+        let at = l.boot_info + bootproto::info_page::CHANNELS_OFFSET;
+        let b: alloc::vec::Vec<u8> = (0..96).map(|k| sup.m.byte(at + k)).collect();
+        let count = sup
+            .m
+            .r32(l.boot_info + core::mem::offset_of!(bootproto::BootInfo, channel_count) as u64);
+        (count, b)
+    };
+    let (count, ping) = info(0);
+    assert_eq!(count, 1);
+    assert_eq!(&ping[..4], b"link");
+    assert_eq!(&ping[32..36], b"pong");
+    assert_eq!(bootproto::le::u64_at(&ping, 64), Some(region.start));
+    assert_eq!(bootproto::le::u32_at(&ping, 80), Some(2), "pong's CPU");
+    assert_eq!(bootproto::le::u32_at(&ping, 88), Some(0x40), "doorbell vector of channel 0");
+    assert_eq!(bootproto::le::u32_at(&ping, 92), Some(1), "ping is between[1]: side 1");
+    assert_eq!(info(2).0, 0, "third has no channels");
+    // The header is written, and each side's epoch counts its starts.
+    assert_eq!(sup.m.r32(region.start), bootproto::channel::MAGIC);
+    assert_eq!(sup.m.r32(region.start + bootproto::channel::offset::epoch(1)), 2);
+    sup.execute(Command::Restart("ping".into())).unwrap();
+    assert_eq!(
+        sup.m.r32(region.start + bootproto::channel::offset::epoch(1)),
+        4,
+        "ping's second life"
+    );
+    assert_eq!(sup.m.r32(region.start + bootproto::channel::offset::epoch(0)), 2, "pong untouched");
+    // Stopping one side keeps the channel; stopping both scrubs it.
+    sup.execute(Command::Stop("ping".into())).unwrap();
+    assert!(sup.channels[0].ready && sup.channels[0].scrubs == 0);
+    sup.execute(Command::Stop("pong".into())).unwrap();
+    assert_eq!((sup.channels[0].ready, sup.channels[0].scrubs), (false, 1));
+    assert_eq!(sup.m.first_nonzero(region.start, region.len()), Ok(None));
+}

@@ -7,10 +7,13 @@
 //!   `hello` instance per AP, every phase of the boot start from the manager's `timeline`
 //!   report, and the ratios the scale goals are stated in.
 //! - [`restart`]: restart and stop/start figures on the default manifest, through the shell.
+//! - [`channels`]: channel round-trip latency and message rate, polled and with doorbells,
+//!   against the same exchange on one CPU.
 //!
-//! `--quick` (for CI, under two minutes): the sweep at 4, 16 and 64 CPUs, one run each, and
-//! three restarts.
+//! `--quick` (for CI, under two minutes): the sweep at 4, 16 and 64 CPUs, one run each, three
+//! restarts, one boot per channel mode. `--only` picks parts.
 
+mod channels;
 mod plot;
 mod restart;
 mod scale;
@@ -32,6 +35,16 @@ pub struct Options {
     pub smp: Vec<u32>,
     pub quick: bool,
     pub json: Option<PathBuf>,
+    /// The parts to run; empty means all.
+    pub only: Vec<Part>,
+}
+
+/// One part of the record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    Scale,
+    Restart,
+    Channels,
 }
 
 pub fn run(o: Options) -> anyhow::Result<()> {
@@ -48,8 +61,16 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         machine["host_cpus"],
         machine["qemu"].as_str().unwrap_or("?"),
     );
-    let sweep = scale::run(o.firmware, &sizes, runs)?;
-    let restart = restart::run(o.firmware, runs, restarts, 4)?;
+    let wanted = |p: Part| o.only.is_empty() || o.only.contains(&p);
+    let sweep =
+        if wanted(Part::Scale) { scale::run(o.firmware, &sizes, runs)? } else { Value::Null };
+    let restart = if wanted(Part::Restart) {
+        restart::run(o.firmware, runs, restarts, 4)?
+    } else {
+        Value::Null
+    };
+    let channels =
+        if wanted(Part::Channels) { channels::run(o.firmware, runs)? } else { Value::Null };
     let record = json!({
         "version": 1,
         "firmware": o.firmware.name(),
@@ -57,6 +78,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         "machine": machine,
         "scale": sweep,
         "restart": restart,
+        "channels": channels,
     });
     let path = o.json.unwrap_or_else(|| build::target_dir().join("bench").join("bench.json"));
     if let Some(dir) = path.parent() {
@@ -64,9 +86,13 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     }
     std::fs::write(&path, serde_json::to_string_pretty(&record)? + "\n")
         .with_context(|| format!("writing {}", path.display()))?;
-    let png = path.with_extension("png");
-    plot::bring_up(&record, &png)?;
-    println!("\nbench: wrote {} and {}", path.display(), png.display());
+    if record["scale"].is_null() {
+        println!("\nbench: wrote {}", path.display());
+    } else {
+        let png = path.with_extension("png");
+        plot::bring_up(&record, &png)?;
+        println!("\nbench: wrote {} and {}", path.display(), png.display());
+    }
     Ok(())
 }
 

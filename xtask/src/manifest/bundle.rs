@@ -103,6 +103,16 @@ pub fn to_bundle(manifest: &Manifest, payloads: &[Payload]) -> Result<Bundle, Ma
             args: inst.args.clone(),
         });
     }
+    bundle.channels = manifest
+        .channels
+        .iter()
+        .map(|c| platform::bundle::Channel {
+            name: c.name.clone(),
+            between: [c.between[0] as u32, c.between[1] as u32],
+            size: c.size,
+            base: c.base,
+        })
+        .collect();
     if errors.is_empty() {
         if let Err(e) = bundle.encode() {
             errors.push(error(None, format!("cannot make a boot bundle: {e}")));

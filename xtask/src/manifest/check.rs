@@ -803,3 +803,161 @@ pub(super) fn check_unique(src: &mut Source<'_>, instances: &[Checked]) {
         }
     }
 }
+
+/// A channel that passed its own checks, with where its name was written.
+pub(super) struct CheckedChannel {
+    pub(super) spec: super::ChannelSpec,
+    name_span: Range<usize>,
+}
+
+/// Checks one `[[channel]]` table against the instances' names.
+/// What [`check_channel`] needs to know of an instance a channel may join.
+pub(super) struct ChannelEnd<'a> {
+    pub(super) name: &'a str,
+    pub(super) protocol: Protocol,
+    pub(super) version: u32,
+}
+
+/// Why an instance cannot hold a channel end, if it cannot.
+fn channel_end_refusal(end: &ChannelEnd<'_>) -> Option<String> {
+    match end.protocol {
+        Protocol::Linux => Some(format!(
+            "instance '{}' runs Linux (protocol = \"linux\"), which has no channel driver; \
+             channels join multikernel instances",
+            end.name
+        )),
+        Protocol::None => Some(format!(
+            "instance '{}' has protocol = \"none\": it gets no boot info, so it could not find \
+             the channel",
+            end.name
+        )),
+        Protocol::Multikernel if end.version < 2 => Some(format!(
+            "instance '{}' is built against boot protocol version {}, whose boot info has no \
+             channel records (channels need version 2)",
+            end.name, end.version
+        )),
+        Protocol::Multikernel => None,
+    }
+}
+
+pub(super) fn check_channel(
+    src: &mut Source<'_>,
+    index: usize,
+    value: &Spanned<DeValue<'_>>,
+    instances: &[ChannelEnd<'_>],
+) -> Option<CheckedChannel> {
+    let table_span = value.span();
+    let declared = value.get_ref().get("name").and_then(|n| n.get_ref().as_str());
+    let who = match declared {
+        Some(n) => format!("channel '{n}'"),
+        None => format!("channel #{}", index + 1),
+    };
+    let raw = match super::raw::RawChannel::deserialize(value.clone().into_deserializer()) {
+        Ok(raw) => raw,
+        Err(e) => {
+            src.error(e.span().unwrap_or(table_span), format!("{who}: {}", e.message()));
+            return None;
+        }
+    };
+    let before = src.error_count();
+    let name = check_name(src, &who, &table_span, raw.name);
+    let mut between = [0usize; 2];
+    match &raw.between {
+        None => src.error(
+            table_span.clone(),
+            format!("{who}: `between` is missing: name the two instances it joins, e.g. between = [\"ping\", \"pong\"]"),
+        ),
+        Some(b) if b.get_ref().len() != 2 => src.error(
+            b.span(),
+            format!("{who}: `between` names {} instances; a channel joins exactly two", b.get_ref().len()),
+        ),
+        Some(b) => {
+            for (k, end) in b.get_ref().iter().enumerate() {
+                match instances.iter().position(|i| i.name == end.get_ref()) {
+                    Some(at) => match channel_end_refusal(&instances[at]) {
+                        None => between[k] = at,
+                        Some(why) => src.error(end.span(), format!("{who}: {why}")),
+                    },
+                    None => {
+                        let names: Vec<&str> = instances.iter().map(|i| i.name).collect();
+                        src.error(
+                            end.span(),
+                            format!(
+                                "{who}: there is no instance '{}' (the instances are {})",
+                                end.get_ref(),
+                                names.join(", ")
+                            ),
+                        )
+                    }
+                }
+            }
+            if b.get_ref()[0].get_ref() == b.get_ref()[1].get_ref() {
+                src.error(
+                    b.get_ref()[1].span(),
+                    format!("{who}: '{}' is paired with itself; a channel joins two different instances", b.get_ref()[0].get_ref()),
+                );
+            }
+        }
+    }
+    let min = bootproto::channel::MIN_SIZE;
+    let size = match &raw.size {
+        None => Some(bootproto::channel::DEFAULT_SIZE),
+        Some(s) => match s.get_ref().value() {
+            Some(v) if v >= min && v.is_multiple_of(PAGE) && v <= 1 << 30 => Some(v),
+            _ => {
+                src.error(
+                    s.span(),
+                    format!(
+                        "{who}: size {} is not a multiple of 4 KiB between {} and 1G",
+                        s.get_ref(),
+                        size_text(min)
+                    ),
+                );
+                None
+            }
+        },
+    };
+    let base = match &raw.base {
+        None => None,
+        Some(b) => match b.get_ref().value() {
+            Some(v) if v.is_multiple_of(PAGE) && v >= 1 << 20 => Some(v),
+            _ => {
+                src.error(
+                    b.span(),
+                    format!(
+                        "{who}: base {} is not a 4 KiB-aligned address above 1 MiB",
+                        b.get_ref()
+                    ),
+                );
+                None
+            }
+        },
+    };
+    if src.error_count() != before {
+        return None;
+    }
+    let name = name?;
+    Some(CheckedChannel {
+        name_span: name.span(),
+        spec: super::ChannelSpec { name: name.into_inner(), between, size: size?, base },
+    })
+}
+
+/// Channel names are unique.
+pub(super) fn check_channels_unique(src: &mut Source<'_>, channels: &mut [CheckedChannel]) {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for c in channels.iter() {
+        match seen.get(&c.spec.name) {
+            Some(&first) => {
+                let (line, _) = src.place(first);
+                src.error(
+                    c.name_span.clone(),
+                    format!("channel name '{}' is used twice (first at line {line})", c.spec.name),
+                );
+            }
+            None => {
+                seen.insert(c.spec.name.clone(), c.name_span.start);
+            }
+        }
+    }
+}

@@ -102,6 +102,16 @@ pub struct Manifest {
     pub path: PathBuf,
     pub settings: Settings,
     pub instances: Vec<InstanceSpec>,
+    pub channels: Vec<ChannelSpec>,
+}
+
+/// One `[[channel]]`, validated: two instances of the manifest, by index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelSpec {
+    pub name: String,
+    pub between: [usize; 2],
+    pub size: u64,
+    pub base: Option<u64>,
 }
 
 /// What an instance runs.
@@ -278,9 +288,35 @@ pub fn parse(path: &Path, text: &str, dir: &Path) -> Result<Manifest, ManifestEr
             ),
         },
     }
+    let mut channels = Vec::new();
+    if let Some(v) = table.get("channel") {
+        match v.get_ref().as_array() {
+            Some(items) => {
+                let names: Vec<check::ChannelEnd<'_>> = instances
+                    .iter()
+                    .map(|c| check::ChannelEnd {
+                        name: c.spec.name.as_str(),
+                        protocol: c.spec.protocol,
+                        version: c.spec.protocol_version,
+                    })
+                    .collect();
+                for (index, item) in items.iter().enumerate() {
+                    if let Some(c) = check::check_channel(&mut src, index, item, &names) {
+                        channels.push(c);
+                    }
+                }
+                check::check_channels_unique(&mut src, &mut channels);
+            }
+            None => src.error(
+                v.span(),
+                "`channel` must be a list of tables: write one [[channel]] table per channel",
+            ),
+        }
+    }
     if src.error_count() != 0 {
         return Err(src.finish());
     }
     let instances = instances.into_iter().map(|c| c.spec).collect();
-    Ok(Manifest { path: path.into(), settings, instances })
+    let channels = channels.into_iter().map(|c| c.spec).collect();
+    Ok(Manifest { path: path.into(), settings, instances, channels })
 }

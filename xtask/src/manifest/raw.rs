@@ -18,6 +18,17 @@ pub(super) struct RawTop {
     settings: Option<IgnoredAny>,
     #[allow(dead_code)]
     instance: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    channel: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [[channel]] table")]
+pub(super) struct RawChannel {
+    pub(super) name: Option<Spanned<String>>,
+    pub(super) between: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) size: Option<Spanned<Number>>,
+    pub(super) base: Option<Spanned<Number>>,
 }
 
 #[derive(Deserialize)]

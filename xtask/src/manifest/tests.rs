@@ -160,13 +160,13 @@ fn payload_and_image_exclude_each_other() {
     assert_eq!(
         e,
         "m.toml:1:1: instance 'a': give either `payload` (one of hello, compute, fault, \
-         hello-c, hostile-c) or `image` (an ELF file)"
+         ping, pong, hello-c, hostile-c, pong-c) or `image` (an ELF file)"
     );
     let e = one_error("[[instance]]\nname = \"a\"\npayload = \"hallo\"\nmemory = \"8M\"\n");
     assert_eq!(
         e,
         "m.toml:3:11: instance 'a': payload \"hallo\" is not one of this repository's \
-         payloads (hello, compute, fault, hello-c, hostile-c)"
+         payloads (hello, compute, fault, ping, pong, hello-c, hostile-c, pong-c)"
     );
 }
 
@@ -508,6 +508,33 @@ fn the_committed_manifests_are_valid() {
     load(&root.join("multikernel.example.toml")).expect("example manifest");
 }
 
+/// The example's commented-out tables are meant to be uncommented: with the channel example
+/// switched on (its TOML lines, not its prose), it still loads and declares the channel.
+#[test]
+fn the_examples_commented_channel_works_when_uncommented() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = std::fs::read_to_string(root.join("multikernel.example.toml")).unwrap();
+    let at = text.find("# Two kernels that talk").expect("the channel example");
+    let (before, block) = text.split_at(at);
+    let uncommented: String = block
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(t)
+                if t.starts_with('[')
+                    || t.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')) =>
+            {
+                t
+            }
+            _ => l,
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let m = parse(Path::new("example.toml"), &format!("{before}{uncommented}"), &root)
+        .unwrap_or_else(|e| panic!("{e:#?}"));
+    assert_eq!(m.channels.len(), 1);
+    assert_eq!(m.channels[0].name, "link");
+}
+
 #[test]
 fn places_count_characters_from_one() {
     let src = Source::new(Path::new("m.toml"), "ab\ncdé\nf");
@@ -669,5 +696,70 @@ fn a_bzimage_is_checked_with_the_managers_code_one_line_per_refusal() {
     );
     let e = refused("vmlinuz", "128M", &format!("cmdline = \"{}\"\n", "x".repeat(2000)));
     assert!(e.contains("this kernel takes at most 2047 (cmdline_size)"), "{e}");
+    let e = refused(
+        "vmlinuz",
+        "128M",
+        "[[instance]]\nname = \"ping\"\npayload = \"ping\"\nmemory = \"8M\"\n\
+         [[channel]]\nname = \"l\"\nbetween = [\"ping\", \"linux\"]\n",
+    );
+    assert!(
+        e.contains("channel 'l': instance 'linux' runs Linux (protocol = \"linux\"), which has no channel driver"),
+        "{e}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn channels_join_two_named_instances_with_a_sane_size() {
+    let two = "[[instance]]\nname = \"ping\"\npayload = \"hello\"\nmemory = \"8M\"\n\
+               [[instance]]\nname = \"pong\"\npayload = \"hello\"\nmemory = \"8M\"\n";
+    let m = check(&format!("{two}[[channel]]\nname = \"link\"\nbetween = [\"pong\", \"ping\"]\n"))
+        .unwrap();
+    assert_eq!(
+        m.channels,
+        [ChannelSpec { name: "link".into(), between: [1, 0], size: 64 << 10, base: None }]
+    );
+    let m = check(&format!("{two}[[channel]]\nname = \"big\"\nbetween = [\"ping\", \"pong\"]\nsize = \"1M\"\nbase = \"0x40000000\"\n")).unwrap();
+    assert_eq!((m.channels[0].size, m.channels[0].base), (1 << 20, Some(0x4000_0000)));
+    let e = one_error(&format!("{two}[[channel]]\nname = \"l\"\nbetween = [\"ping\", \"pnog\"]\n"));
+    assert_eq!(
+        e,
+        "m.toml:11:20: channel 'l': there is no instance 'pnog' (the instances are ping, pong)"
+    );
+    let e = one_error(&format!("{two}[[channel]]\nname = \"l\"\nbetween = [\"ping\", \"ping\"]\n"));
+    assert!(e.contains("'ping' is paired with itself"), "{e}");
+    let e = one_error(&format!("{two}[[channel]]\nname = \"l\"\nbetween = [\"ping\"]\n"));
+    assert!(e.contains("`between` names 1 instances; a channel joins exactly two"), "{e}");
+    let e = one_error(&format!("{two}[[channel]]\nname = \"l\"\n"));
+    assert!(e.contains("`between` is missing"), "{e}");
+    let e = one_error(&format!(
+        "{two}[[channel]]\nname = \"l\"\nbetween = [\"ping\", \"pong\"]\nsize = \"10K\"\n"
+    ));
+    assert!(e.contains("size \"10K\" is not a multiple of 4 KiB between 8K and 1G"), "{e}");
+    let e = one_error(&format!(
+        "{two}[[channel]]\nname = \"l\"\nbetween = [\"ping\", \"pong\"]\n[[channel]]\nname = \"l\"\nbetween = [\"pong\", \"ping\"]\n"
+    ));
+    assert!(e.contains("channel name 'l' is used twice (first at line 10)"), "{e}");
+    let e = one_error(&format!(
+        "{two}[[channel]]\nname = \"l\"\nbetween = [\"ping\", \"pong\"]\nsise = 1\n"
+    ));
+    assert!(e.contains("channel 'l': unknown field `sise`"), "{e}");
+}
+
+#[test]
+fn a_channel_end_must_be_an_instance_that_can_find_it() {
+    let with = |extra: &str| {
+        format!(
+            "[[instance]]\nname = \"ping\"\npayload = \"hello\"\nmemory = \"8M\"\n\
+             [[instance]]\nname = \"pong\"\npayload = \"hello\"\nmemory = \"8M\"\n{extra}\
+             [[channel]]\nname = \"l\"\nbetween = [\"ping\", \"pong\"]\n"
+        )
+    };
+    let e = one_error(&with("protocol = \"none\"\n"));
+    assert!(e.contains("channel 'l': instance 'pong' has protocol = \"none\""), "{e}");
+    let e = one_error(&with("protocol_version = 1\n"));
+    assert!(
+        e.contains("instance 'pong' is built against boot protocol version 1, whose boot info has no channel records"),
+        "{e}"
+    );
 }
