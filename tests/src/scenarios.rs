@@ -526,6 +526,8 @@ pub fn all() -> Vec<Scenario> {
     {
         let mut s = scenario(name, fw, &[], 5, check_channels_both_modes);
         s.manifest = Some(CHANNELS_BOTH_MODES);
+        // Once the polled pair is done, the shell shows ping's channel and its counts.
+        s.input = vec![("[ping] ping: 2000 round trips".into(), "status ping\r".into())];
         v.push(s);
     }
     for (name, fw) in [("channel-peer-restart-bios", Bios), ("channel-peer-restart-uefi", Uefi)] {
@@ -1017,7 +1019,20 @@ fn check_channels_both_modes(o: &Outcome) -> Result<(), String> {
             .iter()
             .any(|l| l.starts_with("pong-c: echoing on channel rung (doorbell)")),
         || "the C peer did not open its channel".into(),
-    )
+    )?;
+    // `status ping`: "  channel 'polled' to 'pong': BASE..END, sent N, received N (peer: ...)".
+    let line = o
+        .serial
+        .lines()
+        .find(|l| l.trim_start().starts_with("channel 'polled' to 'pong': 0x"))
+        .ok_or("`status ping` did not show channel 'polled'")?;
+    let sent = line
+        .split_once(", sent ")
+        .and_then(|(_, r)| r.split(',').next())
+        .and_then(|n| n.parse::<u64>().ok());
+    expect(sent.is_some_and(|n| n >= 2000), || {
+        format!("`status ping` shows the wrong count: {line}")
+    })
 }
 
 fn check_channel_peer_restart(o: &Outcome) -> Result<(), String> {
