@@ -11,7 +11,8 @@
 //! header   64 B   magic "MKBUNDLE", version u32, header_size u32, file_count u32,
 //!                 instance_count u32, total_len u64, extra_offset u64, extra_len u64,
 //!                 channel_count u32, reserved 12 B
-//! settings 32 B   run_ms u32, checkin_timeout_ms u32, log_level u32, flags u32, reserved 16 B
+//! settings 32 B   run_ms u32, checkin_timeout_ms u32, log_level u32, flags u32,
+//!                 image_store u64 (bytes), reserved 8 B
 //! files    file_count × 64 B     name[32], offset u64, len u64, fnv1a64 u64, reserved u64
 //! insts    instance_count × 384 B
 //!            0 name[32]          32 file u32            36 flags u32
@@ -42,6 +43,9 @@ pub const VERSION: u32 = 2;
 pub const HEADER_LEN: usize = 64;
 pub const CHANNEL_LEN: usize = 64;
 pub const SETTINGS_LEN: usize = 32;
+/// The image store a manifest gets when it does not say: room for a distribution's Linux
+/// kernel and initrd, or many small kernels.
+pub const DEFAULT_IMAGE_STORE: u64 = 64 << 20;
 pub const FILE_ENTRY_LEN: usize = 64;
 pub const INSTANCE_LEN: usize = 384;
 pub const NAME_LEN: usize = 32;
@@ -151,11 +155,19 @@ pub struct Settings {
     /// 0 error, 1 warn, 2 info, 3 debug, 4 trace.
     pub log_level: u32,
     pub flags: u32,
+    /// Bytes reserved for images pushed at run time (`[settings] image_store`; 0: none).
+    pub image_store: u64,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { run_ms: 3000, checkin_timeout_ms: 1000, log_level: 2, flags: 0 }
+        Settings {
+            run_ms: 3000,
+            checkin_timeout_ms: 1000,
+            log_level: 2,
+            flags: 0,
+            image_store: DEFAULT_IMAGE_STORE,
+        }
     }
 }
 
@@ -484,6 +496,7 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, BundleError> {
         checkin_timeout_ms: u32_at(s, 4),
         log_level: u32_at(s, 8),
         flags: u32_at(s, 12),
+        image_store: u64::from(u32_at(s, 16)) | (u64::from(u32_at(s, 20)) << 32),
     };
     let files_at = HEADER_LEN + SETTINGS_LEN;
     let insts_at = files_at + file_count as usize * FILE_ENTRY_LEN;
@@ -690,6 +703,7 @@ impl Bundle {
         s[4..8].copy_from_slice(&self.settings.checkin_timeout_ms.to_le_bytes());
         s[8..12].copy_from_slice(&self.settings.log_level.to_le_bytes());
         s[12..16].copy_from_slice(&self.settings.flags.to_le_bytes());
+        s[16..24].copy_from_slice(&self.settings.image_store.to_le_bytes());
         let mut data_off = data_at;
         for (i, f) in self.files.iter().enumerate() {
             let at = files_at + i * FILE_ENTRY_LEN;
@@ -750,7 +764,13 @@ mod tests {
 
     fn sample() -> Bundle {
         Bundle {
-            settings: Settings { run_ms: 2500, checkin_timeout_ms: 500, log_level: 3, flags: 0 },
+            settings: Settings {
+                run_ms: 2500,
+                checkin_timeout_ms: 500,
+                log_level: 3,
+                flags: 0,
+                image_store: 1 << 20,
+            },
             files: vec![
                 File { name: "hello".into(), data: vec![0x7f, b'E', b'L', b'F', 1, 2, 3] },
                 File { name: "c".into(), data: vec![9; 100] },

@@ -26,3 +26,4 @@ pub mod partition;
 pub mod shell;
 pub mod supervisor;
 pub mod textgrid;
+pub mod transfer;

@@ -133,6 +133,9 @@ impl InstanceRequest {
     }
 }
 
+/// The name the image store's refusal carries ([`Plan::image_store_refused`]).
+pub const IMAGE_STORE_NAME: &str = "image-store";
+
 /// Everything the manager asks of the planner.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PlanRequest {
@@ -145,6 +148,9 @@ pub struct PlanRequest {
     /// Shared-memory channels between instances: placed like instances (a fixed base, or
     /// anywhere above 1 MiB, page-aligned), after them.
     pub channels: Vec<InstanceRequest>,
+    /// Bytes for images pushed to the running manager (`load`), anywhere above 1 MiB, placed
+    /// after everything else; 0 for none. Too little room refuses the store, not the plan.
+    pub image_store: u64,
 }
 
 /// Who a region of the plan belongs to.
@@ -166,6 +172,8 @@ pub enum Owner {
     LowMemory(String),
     /// A channel between two instances, by channel name.
     Channel(String),
+    /// Where images pushed at run time are kept until they are swapped in.
+    ImageStore,
 }
 
 impl fmt::Display for Owner {
@@ -179,6 +187,7 @@ impl fmt::Display for Owner {
             Owner::Instance(name) => write!(f, "instance '{name}'"),
             Owner::LowMemory(name) => write!(f, "the low memory of instance '{name}'"),
             Owner::Channel(name) => write!(f, "channel '{name}'"),
+            Owner::ImageStore => f.write_str("the image store"),
         }
     }
 }
@@ -458,6 +467,8 @@ pub struct Plan {
     pub refused: Vec<InstanceRefusal>,
     /// Channels that could not be placed, in request order.
     pub refused_channels: Vec<InstanceRefusal>,
+    /// Why the image store asked for was not placed (named [`IMAGE_STORE_NAME`]).
+    pub image_store_refused: Option<InstanceRefusal>,
 }
 
 impl Plan {
@@ -488,6 +499,11 @@ impl Plan {
 
     pub fn low_memory(&self, name: &str) -> Option<Range> {
         self.find(|o| matches!(o, Owner::LowMemory(n) if n == name))
+    }
+
+    /// The image store (absent if none was requested or it did not fit).
+    pub fn image_store(&self) -> Option<Range> {
+        self.find(|o| *o == Owner::ImageStore)
     }
 
     /// The page-table pool (absent if none was requested).
@@ -883,6 +899,29 @@ pub fn plan(
         }
     }
 
+    // (7) The image store, last: it takes what is left, never an instance's room.
+    let mut image_store_refused = None;
+    if request.image_store > 0 {
+        let problem = match align_up(request.image_store, PAGE_SIZE) {
+            None => Some(InstanceProblem::SizeOverflow { size: request.image_store }),
+            Some(size) => {
+                match first_fit(&planner.free, size, PAGE_SIZE, LOW_MEMORY_END, u64::MAX) {
+                    Some(start) => {
+                        planner.carve(Owner::ImageStore, Range::new(start, start + size));
+                        None
+                    }
+                    None => Some(InstanceProblem::NoRoom {
+                        size,
+                        align: PAGE_SIZE,
+                        largest: largest_run(&planner.free, LOW_MEMORY_END, u64::MAX),
+                    }),
+                }
+            }
+        };
+        image_store_refused =
+            problem.map(|problem| InstanceRefusal { name: IMAGE_STORE_NAME.into(), problem });
+    }
+
     // A refused instance gets nothing: drop the low slice it may have been given (from the
     // output only; it is not offered to anyone else).
     planner.carved.retain(|k| match &k.owner {
@@ -899,7 +938,7 @@ pub fn plan(
         .collect();
     regions.append(&mut planner.carved);
     regions.sort_by(|a, b| a.range.start.cmp(&b.range.start).then(a.range.end.cmp(&b.range.end)));
-    Ok(Plan { regions, refused, refused_channels })
+    Ok(Plan { regions, refused, refused_channels, image_store_refused })
 }
 
 #[cfg(test)]

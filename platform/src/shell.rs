@@ -1,7 +1,9 @@
 //! The manager's control shell: parsing what a user typed on the serial console.
 //!
 //! The shell is line-based and deliberately small: `list`, `status NAME`, `stop NAME`,
-//! `start NAME`, `restart NAME`, `log NAME`, `help`, `quit`. Parsing is pure and host-tested;
+//! `start NAME`, `restart NAME`, `log NAME`, `load NAME SIZE SHA256`, `swap NAME [--previous]`,
+//! `images`, `help`, `quit`. Lines that start with `#` are an image transfer's data lines
+//! ([`crate::transfer`]): longer, not echoed, handed over whole. Parsing is pure and host-tested;
 //! the manager (`kernel/src/instances.rs`) carries the commands out and reports impossible
 //! transitions itself. Input bytes come from a serial line and are untrusted: the line editor
 //! bounds its buffer and ignores control bytes it does not understand.
@@ -20,6 +22,18 @@ pub enum Command {
     Start(String),
     Restart(String),
     Log(String),
+    /// Receive an image for the instance (`cargo xtask push` sends this line, then chunks).
+    Load {
+        name: String,
+        size: u64,
+        sha256: [u8; 32],
+    },
+    /// Replace the instance's image by the one kept for it (or its previous one).
+    Swap {
+        name: String,
+        previous: bool,
+    },
+    Images,
     Help,
     Quit,
 }
@@ -30,6 +44,14 @@ pub enum ShellError {
     MissingName(&'static str),
     ExtraArguments(&'static str),
     TooLong,
+    /// `load` without its size and hash (it is the transfer protocol's first line).
+    LoadUsage,
+    BadSize(String),
+    BadDigest(String),
+    UnknownOption {
+        command: &'static str,
+        option: String,
+    },
 }
 
 impl fmt::Display for ShellError {
@@ -39,6 +61,17 @@ impl fmt::Display for ShellError {
             ShellError::MissingName(c) => write!(f, "'{c}' needs an instance name: {c} NAME"),
             ShellError::ExtraArguments(c) => write!(f, "'{c}' takes at most one argument"),
             ShellError::TooLong => write!(f, "command line longer than {MAX_LINE} bytes"),
+            ShellError::LoadUsage => f.write_str(
+                "'load' takes NAME SIZE SHA256 and then the image's data lines; \
+                 send an image with: cargo xtask push --instance NAME --image FILE",
+            ),
+            ShellError::BadSize(s) => write!(f, "load: size '{s}' is not a byte count"),
+            ShellError::BadDigest(s) => {
+                write!(f, "load: '{s}' is not a SHA-256 digest (64 hex digits)")
+            }
+            ShellError::UnknownOption { command, option } => {
+                write!(f, "'{command}' has no option '{option}'")
+            }
         }
     }
 }
@@ -50,6 +83,12 @@ pub const HELP: &str = "commands:
   start NAME      reload its image from the boot bundle and start it again
   restart NAME    stop, then start
   log NAME        its recent console lines
+  images          images kept for swapping (size, SHA-256, when loaded) and the store's room
+  swap NAME       stop NAME and start the image pushed for it (cargo xtask push)
+  swap NAME --previous
+                  go back to the image NAME ran before its last swap
+  load NAME SIZE SHA256
+                  receive an image in data lines (sent by cargo xtask push, not typed)
   help            this text
   quit            end the run (QEMU: exit with the verdict; real machine: halt)";
 
@@ -82,6 +121,34 @@ pub fn parse(line: &str) -> Result<Option<Command>, ShellError> {
         "start" => Command::Start(name_arg(&mut words, "start")?),
         "restart" => Command::Restart(name_arg(&mut words, "restart")?),
         "log" => Command::Log(name_arg(&mut words, "log")?),
+        "images" => no_arg(&mut words, "images", Command::Images)?,
+        "swap" => {
+            let name = String::from(words.next().ok_or(ShellError::MissingName("swap"))?);
+            let previous = match words.next() {
+                None => false,
+                Some("--previous") => true,
+                Some(o) => {
+                    return Err(ShellError::UnknownOption { command: "swap", option: o.into() })
+                }
+            };
+            if words.next().is_some() {
+                return Err(ShellError::ExtraArguments("swap"));
+            }
+            Command::Swap { name, previous }
+        }
+        "load" => {
+            let name = String::from(words.next().ok_or(ShellError::MissingName("load"))?);
+            let (Some(size), Some(digest)) = (words.next(), words.next()) else {
+                return Err(ShellError::LoadUsage);
+            };
+            if words.next().is_some() {
+                return Err(ShellError::LoadUsage);
+            }
+            let size = size.parse::<u64>().map_err(|_| ShellError::BadSize(size.into()))?;
+            let sha256 = crate::transfer::parse_hex_digest(digest)
+                .ok_or_else(|| ShellError::BadDigest(digest.into()))?;
+            Command::Load { name, size, sha256 }
+        }
         other => return Err(ShellError::Unknown(String::from(other))),
     };
     Ok(Some(c))
@@ -92,6 +159,8 @@ pub fn parse(line: &str) -> Result<Option<Command>, ShellError> {
 pub struct LineEditor {
     buf: String,
     overflow: bool,
+    /// The current line started with `#`: a transfer's data line (raw bytes, not echoed).
+    data: Option<alloc::vec::Vec<u8>>,
 }
 
 /// What one input byte did.
@@ -105,6 +174,9 @@ pub enum Edit {
     Erase,
     /// A full line (without its terminator); `Err` if it overflowed.
     Line(Result<String, ShellError>),
+    /// A full data line (starting with `#`), as received; `Err` if it was longer than
+    /// [`crate::transfer::MAX_DATA_LINE`].
+    Data(Result<alloc::vec::Vec<u8>, crate::transfer::ChunkError>),
 }
 
 impl LineEditor {
@@ -113,7 +185,35 @@ impl LineEditor {
         &self.buf
     }
 
+    /// A data line is being received (its bytes are not echoed).
+    pub fn in_data_line(&self) -> bool {
+        self.data.is_some()
+    }
+
     pub fn feed(&mut self, b: u8) -> Edit {
+        if let Some(data) = self.data.as_mut() {
+            if b == b'\r' || b == b'\n' {
+                let line = self.data.take().unwrap_or_default();
+                let overflow = core::mem::replace(&mut self.overflow, false);
+                return Edit::Data(if overflow {
+                    Err(crate::transfer::ChunkError::LineTooLong)
+                } else {
+                    Ok(line)
+                });
+            }
+            if data.len() >= crate::transfer::MAX_DATA_LINE {
+                self.overflow = true;
+            } else {
+                data.push(b);
+            }
+            return Edit::None;
+        }
+        if b == b'#' && self.buf.is_empty() && !self.overflow {
+            let mut line = alloc::vec::Vec::with_capacity(crate::transfer::MAX_DATA_LINE);
+            line.push(b);
+            self.data = Some(line);
+            return Edit::None;
+        }
         match b {
             b'\r' | b'\n' => {
                 let line = core::mem::take(&mut self.buf);
@@ -186,5 +286,52 @@ mod tests {
         }
         assert_eq!(e.feed(b'\n'), Edit::Line(Err(ShellError::TooLong)));
         assert_eq!(e.feed(b'\n'), Edit::Line(Ok(String::new())), "overflow is reset per line");
+    }
+
+    #[test]
+    fn data_lines_are_taken_whole_and_bounded() {
+        let mut e = LineEditor::default();
+        for b in *b"#end" {
+            assert_eq!(e.feed(b), Edit::None, "data lines are not echoed");
+        }
+        assert!(e.in_data_line());
+        assert_eq!(e.feed(b'\n'), Edit::Data(Ok(b"#end".to_vec())));
+        assert!(!e.in_data_line());
+        for _ in 0..crate::transfer::MAX_DATA_LINE + 5 {
+            e.feed(b'#');
+        }
+        assert_eq!(e.feed(b'\r'), Edit::Data(Err(crate::transfer::ChunkError::LineTooLong)));
+        // A '#' inside a command line is an ordinary character.
+        e.feed(b'x');
+        assert_eq!(e.feed(b'#'), Edit::Echo(b'#'));
+        assert_eq!(e.feed(b'\n'), Edit::Line(Ok("x#".into())));
+    }
+
+    #[test]
+    fn load_and_swap_parse() {
+        let h = "ab".repeat(32);
+        assert_eq!(
+            parse(&alloc::format!("load hello 9000 {h}")),
+            Ok(Some(Command::Load { name: "hello".into(), size: 9000, sha256: [0xab; 32] }))
+        );
+        assert_eq!(parse("load hello"), Err(ShellError::LoadUsage));
+        assert_eq!(
+            parse(&alloc::format!("load hello 9k {h}")),
+            Err(ShellError::BadSize("9k".into()))
+        );
+        assert_eq!(parse("load hello 9 abc"), Err(ShellError::BadDigest("abc".into())));
+        assert_eq!(
+            parse("swap hello"),
+            Ok(Some(Command::Swap { name: "hello".into(), previous: false }))
+        );
+        assert_eq!(
+            parse("swap hello --previous"),
+            Ok(Some(Command::Swap { name: "hello".into(), previous: true }))
+        );
+        assert_eq!(
+            parse("swap hello --prev"),
+            Err(ShellError::UnknownOption { command: "swap", option: "--prev".into() })
+        );
+        assert_eq!(parse("images"), Ok(Some(Command::Images)));
     }
 }

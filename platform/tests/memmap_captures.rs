@@ -202,6 +202,7 @@ fn standard_request() -> PlanRequest {
         ],
         page_table_pool: MIB,
         cpu_table: 3 * PAGE_SIZE,
+        image_store: 16 * MIB,
     }
 }
 
@@ -235,6 +236,9 @@ fn check_plan(file: &str, map: &[Region], prot: &[Protected], req: &PlanRequest,
                     "{file}: {c:?}"
                 );
                 assert!(r.len() >= req.cpu_table, "{file}: {c:?}");
+            }
+            Owner::ImageStore => {
+                assert!(r.start >= LOW_MEMORY_END && r.len() >= req.image_store, "{file}: {c:?}");
             }
             Owner::Channel(name) => {
                 let want = req.channels.iter().find(|i| &i.name == name).unwrap();
@@ -540,6 +544,7 @@ fn fixed_base_at_every_non_usable_region_is_refused_naming_it() {
                     .at(m.start)],
                 page_table_pool: 0,
                 cpu_table: 0,
+                image_store: 0,
             };
             let p = plan(&map, &prot, &req).unwrap();
             let problem =
@@ -679,6 +684,7 @@ fn random_case(rng: &mut XorShift, map: &[Region]) -> (Vec<Protected>, PlanReque
         instances,
         page_table_pool: rng.below(16 * MIB / PAGE_SIZE + 1) * PAGE_SIZE,
         cpu_table: rng.below(4) * PAGE_SIZE,
+        image_store: rng.below(3) * 16 * MIB,
     };
     (prot, req)
 }

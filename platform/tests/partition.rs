@@ -41,7 +41,13 @@ fn protected() -> Vec<Protected> {
 }
 
 fn request(instances: Vec<InstanceRequest>) -> PlanRequest {
-    PlanRequest { channels: Vec::new(), instances, page_table_pool: 64 * 4096, cpu_table: 4096 }
+    PlanRequest {
+        image_store: 0,
+        channels: Vec::new(),
+        instances,
+        page_table_pool: 64 * 4096,
+        cpu_table: 4096,
+    }
 }
 
 fn refusal(p: &Plan, name: &str) -> InstanceProblem {
@@ -97,6 +103,9 @@ fn check_plan(map: &[Region], prot: &[Protected], req: &PlanRequest, p: &Plan) {
             Owner::Channel(name) => {
                 let want = req.channels.iter().find(|i| &i.name == name).unwrap();
                 assert!(r.start >= 0x100000 && r.len() >= want.size, "{c:?}");
+            }
+            Owner::ImageStore => {
+                assert!(r.start >= 0x100000 && r.len() >= req.image_store, "{c:?}");
             }
             Owner::LowMemory(name) => {
                 let want = req.instances.iter().find(|i| &i.name == name).unwrap();
@@ -345,6 +354,7 @@ fn no_room_names_the_largest_free_run() {
         Region::new(0x400000, 0x400000 + 300 * MIB, U),
     ];
     let req = PlanRequest {
+        image_store: 0,
         channels: Vec::new(),
         instances: vec![InstanceRequest::new("x", 512 * MIB), InstanceRequest::new("y", 100 * MIB)],
         page_table_pool: 0,
@@ -401,6 +411,7 @@ fn low_memory_use_does_not_grow_with_the_number_of_instances() {
     let map = vec![Region::new(0, 0x9f000, U), Region::new(0x100000, 0x4000_0000, U)];
     let instances = (0..300).map(|i| InstanceRequest::new(&format!("i{i}"), 2 * MIB)).collect();
     let req = PlanRequest {
+        image_store: 0,
         channels: Vec::new(),
         instances,
         page_table_pool: 300 * 22 * 4096,
@@ -422,6 +433,7 @@ fn low_memory_slices_come_from_usable_ram_above_64_kib_or_the_instance_is_refuse
         Region::new(0x100000, 0x4000_0000, U),
     ];
     let req = PlanRequest {
+        image_store: 0,
         channels: Vec::new(),
         instances: vec![
             InstanceRequest::new("linux-1", 128 * MIB).with_low_memory(0x11000),
@@ -438,6 +450,7 @@ fn low_memory_slices_come_from_usable_ram_above_64_kib_or_the_instance_is_refuse
     assert_eq!(p.low_memory("linux-2"), Some(Range::new(0x41000, 0x61000)));
     // Ask for more than is left: that instance alone is refused, and gets no region.
     let req = PlanRequest {
+        image_store: 0,
         channels: Vec::new(),
         instances: vec![
             InstanceRequest::new("linux-1", 128 * MIB).with_low_memory(0x60000),
@@ -463,6 +476,7 @@ fn low_memory_slices_come_from_usable_ram_above_64_kib_or_the_instance_is_refuse
 fn a_refused_fixed_base_instance_keeps_no_low_memory() {
     let map = vec![Region::new(0, 0x9f000, U), Region::new(0x100000, 0x4000_0000, U)];
     let req = PlanRequest {
+        image_store: 0,
         channels: Vec::new(),
         instances: vec![InstanceRequest::new("l", 128 * MIB)
             .with_low_memory(0x8000)
@@ -484,6 +498,7 @@ fn page_table_pool_stays_below_4_gib() {
         Region::new(0x1_0000_0000, 0x2_0000_0000, U),
     ];
     let ok = PlanRequest {
+        image_store: 0,
         channels: Vec::new(),
         instances: vec![InstanceRequest::new("a", GIB)],
         page_table_pool: 2 * MIB,
@@ -493,6 +508,7 @@ fn page_table_pool_stays_below_4_gib() {
     assert_eq!(p.page_table_pool(), Some(Range::new(0x100000, 0x300000)));
     assert_eq!(p.instance("a"), Some(Range::new(0x1_0000_0000, 0x1_4000_0000)));
     let too_big = PlanRequest {
+        image_store: 0,
         channels: Vec::new(),
         instances: vec![],
         page_table_pool: 3 * MIB,
@@ -512,6 +528,7 @@ fn page_table_pool_stays_below_4_gib() {
     );
     // Pool sizes are rounded up to pages.
     let odd = PlanRequest {
+        image_store: 0,
         channels: Vec::new(),
         instances: vec![],
         page_table_pool: 5000,
@@ -537,6 +554,7 @@ fn unaligned_protected_range_blocks_whole_pages() {
     let map = vec![Region::new(0, 0x9f000, U), Region::new(0x100000, 0x1000000, U)];
     let prot = vec![Protected::new("boot info", 0x100800, 0x200001)];
     let req = PlanRequest {
+        image_store: 0,
         channels: Vec::new(),
         instances: vec![InstanceRequest::new("a", 4096).aligned(4096)],
         page_table_pool: 4096,
@@ -646,6 +664,7 @@ fn random_case(rng: &mut Lcg) -> (Vec<Region>, Vec<Protected>, PlanRequest) {
         map,
         prot,
         PlanRequest {
+            image_store: 0,
             channels: Vec::new(),
             instances,
             page_table_pool: rng.pick(&[0, 4096, 64 * 4096, 4 * MIB]),
@@ -705,4 +724,31 @@ fn a_minimum_base_keeps_a_floating_instance_above_it_and_others_may_go_below() {
     let req = request(vec![InstanceRequest::new("high", 64 * MIB).with_min_base(0x2_0000_0000)]);
     let p = plan(&map, &[], &req).unwrap();
     assert!(matches!(p.refused[0].problem, InstanceProblem::NoRoom { .. }), "{:?}", p.refused);
+}
+
+#[test]
+fn the_image_store_takes_what_is_left_and_never_an_instances_room() {
+    // 64 MiB of RAM above 1 MiB: two 24 MiB instances and a 32 MiB store cannot all fit.
+    let map = [
+        Region::new(0, 0x9f000, RegionKind::Usable),
+        Region::new(0x100000, 0x100000 + 64 * MIB, RegionKind::Usable),
+    ];
+    let mut req =
+        request(vec![InstanceRequest::new("a", 24 * MIB), InstanceRequest::new("b", 24 * MIB)]);
+    req.image_store = 32 * MIB;
+    let p = plan(&map, &[], &req).unwrap();
+    assert!(p.instance("a").is_some() && p.instance("b").is_some(), "{:?}", p.refused);
+    assert_eq!(p.image_store(), None);
+    let refusal = p.image_store_refused.as_ref().unwrap();
+    assert_eq!(refusal.name, platform::partition::IMAGE_STORE_NAME);
+    assert!(format!("{refusal}").contains("32 MiB"), "{refusal}");
+    // With room, it is placed outside everything else.
+    req.image_store = 8 * MIB;
+    let p = plan(&map, &[], &req).unwrap();
+    let store = p.image_store().unwrap();
+    assert_eq!(store.len(), 8 * MIB);
+    for c in p.carved().filter(|c| c.owner != Owner::ImageStore) {
+        assert!(!c.range.overlaps(&store), "{c:?}");
+    }
+    assert_eq!(p.image_store_refused, None);
 }

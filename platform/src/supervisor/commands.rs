@@ -25,6 +25,10 @@ pub enum Outcome {
         state: State,
         restarted: bool,
     },
+    /// A transfer answer (`load`), to print as it is.
+    Transfer(crate::transfer::Reply),
+    Swapped(super::images::Swapped),
+    Images,
     Quit,
 }
 
@@ -40,6 +44,16 @@ impl<M: Machine> Supervisor<'_, M> {
             }
             Command::Status(name) => self.index_of(&name).map(Outcome::Status),
             Command::Log(name) => self.index_of(&name).map(Outcome::Log),
+            Command::Images => Ok(Outcome::Images),
+            Command::Load { name, size, sha256 } => {
+                Ok(Outcome::Transfer(self.begin_transfer(&name, size, sha256)))
+            }
+            Command::Swap { name, previous } => {
+                let i = self.index_of(&name)?;
+                let s =
+                    self.swap(i, previous).map_err(|error| CommandError::Swap { name, error })?;
+                Ok(Outcome::Swapped(s))
+            }
             Command::Stop(name) => {
                 let i = self.index_of(&name)?;
                 // Stopped between two restarts of its policy: cancelling the restart is the stop.
@@ -71,7 +85,7 @@ impl<M: Machine> Supervisor<'_, M> {
 
     /// Starts one stopped instance and waits (bounded) for it to report in, so the answer can
     /// say whether it runs. Everything is observed meanwhile.
-    fn start_one(&mut self, i: usize) -> Result<(), super::StartError> {
+    pub(super) fn start_one(&mut self, i: usize) -> Result<(), super::StartError> {
         let t0 = self.m.now_us();
         let result = self.start(&[i]).into_iter().find(|(j, _)| *j == i).map(|(_, r)| r);
         result.unwrap_or(Ok(()))?;

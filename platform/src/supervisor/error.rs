@@ -136,6 +136,10 @@ pub enum StartError {
         name: String,
         why: String,
     },
+    /// The pushed image it should run is no longer in the image store.
+    StoredImageGone {
+        id: u32,
+    },
 }
 
 impl fmt::Display for StartError {
@@ -143,6 +147,9 @@ impl fmt::Display for StartError {
         match self {
             StartError::Transition(e) => e.fmt(f),
             StartError::Bundle(e) => write!(f, "bundle: {e}"),
+            StartError::StoredImageGone { id } => {
+                write!(f, "pushed image {id} is no longer in the image store")
+            }
             StartError::Layout { region, cpus } => write!(
                 f,
                 "its region of {} KiB cannot hold the shared pages, {cpus} CPU slot(s) and \
@@ -382,6 +389,7 @@ pub enum CommandError {
     NoSuchInstance { name: String, known: Vec<String> },
     Stop { name: String, error: StopError },
     Start { name: String, error: StartError },
+    Swap { name: String, error: super::images::SwapError },
 }
 
 impl fmt::Display for CommandError {
@@ -399,6 +407,7 @@ impl fmt::Display for CommandError {
             }
             CommandError::Stop { name, error } => write!(f, "cannot stop '{name}': {error}"),
             CommandError::Start { name, error } => write!(f, "cannot start '{name}': {error}"),
+            CommandError::Swap { name, error } => write!(f, "cannot swap '{name}': {error}"),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! What the supervisor reports while it works. Each event has a level and a one-line message
 //! (`Display`), so the manager's log and the host tests read the same words.
 
+use alloc::string::String;
 use core::fmt;
 
 use crate::lifecycle::State;
@@ -67,20 +68,30 @@ pub enum Event<'a> {
     /// CPUs ran the start-up code that no instance expected (a replayed SIPI, or a CPU
     /// started by someone else); they were halted.
     Strays { count: u32, last_apic_id: u32 },
+    /// A pushed image passed its checks and is kept as the instance's next image.
+    ImageKept { name: &'a str, size: u64, sha256: &'a str, took_us: u64 },
+    /// A transfer ended without an image; the store's room was freed.
+    TransferAbandoned { name: &'a str, received: u32, chunks: u32, why: &'a str },
+    /// An instance is being started on another image.
+    Swapping { name: &'a str, from: super::images::ImageSource, to: super::images::ImageSource },
 }
 
 impl Event<'_> {
     pub fn level(&self) -> Level {
         match self {
             Event::Failed { .. } | Event::Fault { .. } | Event::GaveUp { .. } => Level::Error,
-            Event::Strays { .. } | Event::ConsoleDropped { .. } => Level::Warn,
+            Event::Strays { .. }
+            | Event::ConsoleDropped { .. }
+            | Event::TransferAbandoned { .. } => Level::Warn,
             Event::Transition { .. }
             | Event::Loaded { .. }
             | Event::LoadedLinux { .. }
             | Event::Starting { .. }
             | Event::Console { .. }
             | Event::Scrubbed { .. }
-            | Event::RestartScheduled { .. } => Level::Info,
+            | Event::RestartScheduled { .. }
+            | Event::ImageKept { .. }
+            | Event::Swapping { .. } => Level::Info,
         }
     }
 }
@@ -210,6 +221,25 @@ impl fmt::Display for Event<'_> {
                 "apstart: {count} CPU(s) ran the start-up code with no start expected (last: APIC \
                  {last_apic_id}); they were halted"
             ),
+            Event::ImageKept { name, size, sha256, took_us } => write!(
+                f,
+                "instance '{name}': image of {size} bytes received in {}.{:03} s, checked and \
+                 kept (sha256 {sha256}); 'swap {name}' starts it",
+                took_us / 1_000_000,
+                took_us / 1000 % 1000
+            ),
+            Event::TransferAbandoned { name, received, chunks, why } => write!(
+                f,
+                "instance '{name}': image transfer abandoned after {received} of {chunks} chunks \
+                 ({why}); nothing was changed"
+            ),
+            Event::Swapping { name, from, to } => {
+                let text = |s: &super::images::ImageSource| match s {
+                    super::images::ImageSource::Bundle => String::from("its boot bundle image"),
+                    super::images::ImageSource::Stored(id) => alloc::format!("pushed image {id}"),
+                };
+                write!(f, "instance '{name}': swapping {} for {}", text(from), text(to))
+            }
         }
     }
 }

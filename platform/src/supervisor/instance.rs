@@ -139,6 +139,15 @@ pub struct Instance {
     pub quarantined: bool,
     /// Its region is known to be all zero (scrubbed and verified since its last run).
     pub(super) zeroed: bool,
+    /// The image it runs (the boot bundle's until a `swap`).
+    pub image: super::images::ImageSource,
+    /// A pushed image kept for its next `swap`.
+    pub next_image: Option<u32>,
+    /// What it ran before its last `swap` (`swap NAME --previous`).
+    pub previous_image: Option<super::images::ImageSource>,
+    pub swaps: u32,
+    /// Durations of its swaps: from the stop request to the new image running.
+    pub swap_us: BoundedLog<u64>,
 }
 
 impl Instance {
@@ -166,6 +175,11 @@ impl Instance {
             next_restart: None,
             quarantined: false,
             zeroed: false,
+            image: super::images::ImageSource::Bundle,
+            next_image: None,
+            previous_image: None,
+            swaps: 0,
+            swap_us: BoundedLog::default(),
         };
         i.transitions.push((now_us, State::Loaded), MAX_TRANSITIONS);
         i

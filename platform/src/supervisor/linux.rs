@@ -38,12 +38,14 @@ impl<M: Machine> Supervisor<'_, M> {
             return Err(StartError::Transition(crate::lifecycle::TransitionError::Refused));
         };
         let spec = self.instances[i].spec.clone();
-        let image = self.image(spec.file).map_err(StartError::Bundle)?;
-        let kernel = bzimage::parse(image).map_err(StartError::BzImage)?;
         let initrd: &[u8] = match spec.initrd {
             Some(f) => self.image(f).map_err(StartError::Bundle)?,
             None => &[],
         };
+        let source = self.instances[i].image;
+        let bundle = self.bundle_image(i)?;
+        let image = super::images::pick(source, bundle, &self.store)?;
+        let kernel = bzimage::parse(image).map_err(StartError::BzImage)?;
         let region = res.region;
         let uarts: Vec<u16> = spec.devices.iter().map(|d| d.io_base()).collect();
         let view_spec = ViewSpec {
@@ -178,6 +180,54 @@ impl<M: Machine> Supervisor<'_, M> {
             tables,
         });
         Ok(written)
+    }
+}
+
+impl<M: Machine> Supervisor<'_, M> {
+    /// The checks a pushed bzImage must pass before it is kept for Linux instance `i`: the
+    /// setup header, the placement in the region (with the bundle's initrd), the command line
+    /// length. The same functions [`Self::load_linux`] runs, without writing anything.
+    pub(super) fn check_linux_image(&mut self, i: usize, id: u32) -> Result<(), StartError> {
+        let Some(res) = self.instances[i].resources.clone() else {
+            return Err(StartError::Transition(crate::lifecycle::TransitionError::Refused));
+        };
+        let spec = self.instances[i].spec.clone();
+        let initrd_len = match spec.initrd {
+            Some(f) => self.image(f).map_err(StartError::Bundle)?.len() as u64,
+            None => 0,
+        };
+        let image = super::images::stored_bytes(&self.store, id)
+            .ok_or(StartError::StoredImageGone { id })?;
+        let kernel = bzimage::parse(image).map_err(StartError::BzImage)?;
+        let uarts: Vec<u16> = spec.devices.iter().map(|d| d.io_base()).collect();
+        let view_spec = ViewSpec {
+            cpus: &res.cpus,
+            uarts: &uarts,
+            lapic_base: self.facts.lapic_base,
+            oem_id: OEM_ID,
+        };
+        let linux = |e| StartError::Linux(e);
+        let acpi_len =
+            acpiview::size(&view_spec).map_err(|e| linux(linuxboot::LinuxError::Acpi(e)))?;
+        let region = res.region;
+        let layout = LinuxLayout::new(region.start, region.len(), acpi_len as u64)
+            .ok_or(linux(linuxboot::LinuxError::RegionTooSmall { memory: region.len() }))?;
+        bzimage::place(&kernel, region.start, layout.kernel_limit(), initrd_len)
+            .map_err(|e| linux(linuxboot::LinuxError::Place(e)))?;
+        let defaults = linuxboot::default_cmdline(
+            spec.devices.first().copied(),
+            self.facts.tsc_hz / 1000,
+            initrd_len > 0,
+            layout.native.status,
+        );
+        let len = linuxboot::cmdline(&defaults, &spec.cmdline).len();
+        if len > kernel.cmdline_size as usize {
+            return Err(linux(linuxboot::LinuxError::CmdlineTooLong {
+                len,
+                max: kernel.cmdline_size,
+            }));
+        }
+        Ok(())
     }
 }
 

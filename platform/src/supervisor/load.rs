@@ -20,6 +20,7 @@ use crate::pagetable::{Mapper, PageTableError, Perms, TableMemory};
 
 use super::error::StartError;
 use super::events::Event;
+use super::images::pick;
 use super::instance::Loaded;
 use super::machine::{LoaderMemory, Machine, MemError, Phys};
 use super::Supervisor;
@@ -73,8 +74,10 @@ impl<'a, M: Machine> Supervisor<'a, M> {
         let region = res.region;
         let layout = Layout::new(region.start, region.len(), cpus)
             .ok_or(StartError::Layout { region: region.len(), cpus })?;
-        let image = self.image(self.instances[i].spec.file).map_err(StartError::Bundle)?;
+        let source = self.instances[i].image;
+        let bundle = self.bundle_image(i)?;
         let (load_base, load_len) = layout.load_area();
+        let image = pick(source, bundle, &self.store)?;
         let plan = loader::plan(image, loader::Region::new(load_base, load_len))
             .map_err(StartError::Image)?;
         // Its channels: headers written once, its side's epoch moved on, mapped below.
@@ -84,6 +87,7 @@ impl<'a, M: Machine> Supervisor<'a, M> {
         // The image, then the rest of the region (shared pages, slots, stacks) zeroed, unless
         // the region is known to be zero already.
         let zeroed_region = self.instances[i].zeroed;
+        let image = pick(source, bundle, &self.store)?;
         let mut mem = LoaderMemory(&mut self.m);
         let mut zeroed = if zeroed_region {
             loader::apply_to_zeroed(&plan, image, &mut mem)

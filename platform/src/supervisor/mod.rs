@@ -31,6 +31,7 @@ mod commands;
 mod console;
 mod error;
 mod events;
+mod images;
 mod instance;
 mod linux;
 mod load;
@@ -39,6 +40,8 @@ mod start;
 mod stop;
 mod watch;
 
+#[cfg(test)]
+mod images_tests;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 #[cfg(test)]
@@ -51,7 +54,7 @@ use crate::bundle::{Cpus, Parsed};
 use crate::frames::FrameAllocator;
 use crate::lifecycle::State;
 use crate::madt::Inventory;
-use crate::memmap::{Region, RegionKind};
+use crate::memmap::{Range, Region, RegionKind};
 use crate::partition::{self, InstanceRequest, Plan, PlanError, PlanRequest, Protected};
 
 pub use assign::{assign, CpuRequest};
@@ -62,6 +65,7 @@ pub use error::{
     Violation,
 };
 pub use events::{Event, Level};
+pub use images::{ImageFacts, ImageSource, ImageStore, StoredImage, SwapError, Swapped};
 pub use instance::{BoundedLog, Console, Fault, Instance, Loaded, Resources};
 pub use machine::{Clock, Devices, Machine, MemError, Phys, Sink};
 
@@ -162,8 +166,13 @@ pub fn plan(
             r
         })
         .collect();
-    let request =
-        PlanRequest { instances: memory, page_table_pool: pool, cpu_table: table, channels };
+    let request = PlanRequest {
+        instances: memory,
+        page_table_pool: pool,
+        cpu_table: table,
+        channels,
+        image_store: parsed.settings.image_store,
+    };
     let plan = partition::plan(map, protected, &request)?;
     Ok(Planned { plan, cpus })
 }
@@ -223,6 +232,11 @@ pub struct Supervisor<'a, M: Machine> {
     pub boot_timeline: Option<Timeline>,
     /// The bundle's channels.
     pub channels: Vec<ChannelState>,
+    /// Where the plan put the image store, and why there is none if it is absent.
+    store_range: Option<Range>,
+    store_refused: Option<String>,
+    store: Option<ImageStore<'a>>,
+    transfer: Option<images::Transfer>,
 }
 
 impl<'a, M: Machine> Supervisor<'a, M> {
@@ -262,6 +276,10 @@ impl<'a, M: Machine> Supervisor<'a, M> {
                     scrubs: 0,
                 })
                 .collect(),
+            store_range: None,
+            store_refused: None,
+            store: None,
+            transfer: None,
         };
         let planned = match planned {
             Ok(p) => p,
@@ -299,6 +317,12 @@ impl<'a, M: Machine> Supervisor<'a, M> {
                 c.refused = Some("the plan gave it no memory".into());
             }
         }
+        sup.store_range = plan.image_store();
+        // The planner words its refusals for instances; this one is the store's.
+        sup.store_refused = plan.image_store_refused.as_ref().map(|r| {
+            let instance = alloc::format!("instance '{}'", partition::IMAGE_STORE_NAME);
+            alloc::format!("{r}").replacen(&instance, "the image store", 1)
+        });
         sup.pool = plan.page_table_pool().map(|p| {
             FrameAllocator::from_regions(&[Region::new(p.start, p.end, RegionKind::Usable)])
         });
@@ -368,6 +392,7 @@ impl<'a, M: Machine> Supervisor<'a, M> {
             self.observe(i);
         }
         self.apply_policies();
+        self.expire_transfer();
     }
 
     /// Supervises for `run_ms` milliseconds (0 = until `quit`), calling `each_pass` after every
