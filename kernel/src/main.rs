@@ -219,8 +219,16 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
             }
             log::info!("frames: {} free after carving the plan", frames.free_frames());
         }
-        allowed = p.plan.carved().map(|c| c.range).collect();
+        // The image store is handed to the supervisor as a byte slice, not through the
+        // checked window: no instance or device ever owns it.
+        allowed = p
+            .plan
+            .carved()
+            .filter(|c| c.owner != platform::partition::Owner::ImageStore)
+            .map(|c| c.range)
+            .collect();
     }
+    let store = planned.as_ref().ok().and_then(|p| p.plan.image_store());
     let facts = supervisor::Facts {
         nx: cpu.nx,
         init_delay: platform::apstart::init_delay_needed(cpu.vendor, cpu.family, cpu.hypervisor),
@@ -233,6 +241,23 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     let bsp = machine::Bsp { mem: physmem::PlanMemory::new(allowed), lapic, timer_hz };
     let code = trampoline::start_code();
     let mut sup = supervisor::Supervisor::new(bsp, bundle_bytes, &parsed, code, facts, planned);
+    if let Some(range) = store {
+        // SAFETY: the plan carved `range` for the image store alone (reserved in the frame
+        // allocator above, left out of `PlanMemory`'s ranges, mapped into no instance), and
+        // this is the only slice ever taken of it.
+        let buf = unsafe { physmem::PhysWindow::new().take_slice(range) };
+        match buf.map(|b| sup.attach_store(b)) {
+            Some(Ok(())) => log::info!(
+                "images: store of {} KiB at {:#x}..{:#x} for images pushed at run time",
+                range.len() >> 10,
+                range.start,
+                range.end
+            ),
+            _ => log::error!("images: the image store at {:#x} could not be mapped", range.start),
+        }
+    } else if let Some(why) = sup.store_refused() {
+        log::warn!("images: no image store ({why}); 'load' will refuse images");
+    }
     if let Err(e) = sup.boot() {
         log::error!("apstart: {e}");
     }

@@ -67,6 +67,20 @@ impl PhysWindow {
         unsafe { memspeed::fill(p, byte, len as usize) };
     }
 
+    /// `range` of physical memory as a byte slice for the rest of the run.
+    ///
+    /// # Safety
+    /// `range` must be RAM the window maps that nothing else uses for the rest of the run: no
+    /// other Rust reference, no [`PlanMemory`], no instance and no device may touch it, and
+    /// this is called at most once for it.
+    pub unsafe fn take_slice(&self, range: Range) -> Option<&'static mut [u8]> {
+        let p = self.ptr(range.start)?;
+        let len = usize::try_from(range.len()).ok()?;
+        // SAFETY: the caller guarantees the range is mapped RAM used by nothing else; the
+        // window maps it for the whole run.
+        Some(unsafe { core::slice::from_raw_parts_mut(p, len) })
+    }
+
     /// A 4-byte aligned volatile read of a shared word.
     ///
     /// # Safety

@@ -7,10 +7,18 @@ use platform::shell::{self, Edit, LineEditor};
 use platform::supervisor::{Machine, Outcome, Supervisor};
 
 use crate::serial;
+use crate::time::Deadline;
 use crate::{println, view};
 
 /// Bytes taken from the UART per supervision pass (bounds the time one pass can spend here).
 const MAX_BYTES_PER_POLL: usize = 256;
+/// While an image transfer is under way, how long one pass keeps reading the UART (waiting
+/// for the sender's next line instead of leaving it to the 16-byte receive FIFO, which a real
+/// 115200-baud line fills in 1.4 ms). Bounded so supervision goes on during a transfer.
+const TRANSFER_WINDOW_US: u64 = 50_000;
+/// Between two looks at an empty receive FIFO during a transfer (a 16-byte FIFO holds 1.4 ms
+/// of a 115200-baud line).
+const IDLE_POLL_PAUSE_US: u64 = 50;
 pub const PROMPT: &str = "mk> ";
 
 /// The shell shows its prompt once it is in use: from the start when the run has no time
@@ -49,8 +57,26 @@ impl Shell {
 
     /// Takes what was typed and carries out complete lines.
     pub fn serve<M: Machine>(&mut self, sup: &mut Supervisor<'_, M>) {
-        for _ in 0..MAX_BYTES_PER_POLL {
-            let Some(b) = serial::try_read() else { break };
+        let window = Deadline::after_micros(TRANSFER_WINDOW_US);
+        let mut budget = MAX_BYTES_PER_POLL;
+        loop {
+            let transferring = self.editor.in_data_line() || sup.transfer_progress().is_some();
+            let b = match serial::try_read() {
+                Some(b) => b,
+                None if transferring && !window.passed() => {
+                    // Answers go out while the sender is waiting for them.
+                    serial::drain_until(&Deadline::after_micros(100));
+                    // Then a pause without port I/O: under QEMU every UART access takes the
+                    // lock its I/O thread needs to refill the receive FIFO, so polling the
+                    // line status in a tight loop slows the very input it waits for.
+                    crate::time::delay_micros(IDLE_POLL_PAUSE_US);
+                    continue;
+                }
+                None => break,
+            };
+            if !transferring {
+                budget -= 1;
+            }
             if !self.active {
                 self.active = true;
                 serial::start_line();
@@ -60,6 +86,17 @@ impl Shell {
                 Edit::None => {}
                 Edit::Echo(c) => serial::print(format_args!("{}", c as char)),
                 Edit::Erase => serial::print(format_args!("\x08 \x08")),
+                Edit::Data(line) => {
+                    let reply = match line {
+                        Ok(l) => sup.transfer_line(&l),
+                        Err(e) => platform::transfer::Reply::Error(alloc::format!("{e}")),
+                    };
+                    serial::PROMPT_SHOWN.store(false, Ordering::Relaxed);
+                    println!("{reply}");
+                    if sup.transfer_progress().is_none() {
+                        show_prompt("");
+                    }
+                }
                 Edit::Line(line) => {
                     serial::PROMPT_SHOWN.store(false, Ordering::Relaxed);
                     println!();
@@ -74,11 +111,18 @@ impl Shell {
                     if sup.quit {
                         return;
                     }
-                    show_prompt("");
+                    if sup.transfer_progress().is_none() {
+                        show_prompt("");
+                    }
                 }
             }
+            if budget == 0 {
+                break;
+            }
         }
-        self.reprompt(sup.quit);
+        if sup.transfer_progress().is_none() {
+            self.reprompt(sup.quit);
+        }
     }
 }
 
@@ -123,5 +167,29 @@ fn show<M: Machine>(sup: &Supervisor<'_, M>, outcome: &Outcome) {
             }
         }
         Outcome::Quit => println!("shell: quitting"),
+        Outcome::Transfer(ref reply) => println!("{reply}"),
+        Outcome::Swapped(s) => {
+            let inst = &sup.instances[s.index];
+            let ms = s.took_us / 1000;
+            if inst.healthy() || inst.state == platform::lifecycle::State::Started {
+                let waiting = if inst.healthy() { "" } else { " (started; not reported in yet)" };
+                println!(
+                    "swapped '{}' in {ms} ms: it runs {}{waiting}",
+                    inst.name,
+                    sup.image_text(s.to, s.index)
+                );
+            } else {
+                println!(
+                    "swapped '{}' in {ms} ms, but it is {} ({}); 'swap {} --previous' brings \
+                     back {}",
+                    inst.name,
+                    inst.state,
+                    inst.reason_text(),
+                    inst.name,
+                    sup.image_text(s.from, s.index)
+                );
+            }
+        }
+        Outcome::Images => view::print_images(sup),
     }
 }

@@ -58,7 +58,20 @@ pub fn print_status_with_channels<M: platform::supervisor::Machine>(
     sup: &Supervisor<'_, M>,
     idx: usize,
 ) {
-    print_status(&sup.instances[idx]);
+    let inst = &sup.instances[idx];
+    print_status(inst);
+    println!("  image: {}", sup.image_text(inst.image, idx));
+    if let Some(id) = inst.next_image {
+        let next = platform::supervisor::ImageSource::Stored(id);
+        println!("  next image (for 'swap {}'): {}", inst.name, sup.image_text(next, idx));
+    }
+    if let Some(prev) = inst.previous_image {
+        println!("  previous image: {}", sup.image_text(prev, idx));
+    }
+    if inst.swaps > 0 {
+        let last = inst.swap_us.iter().last().copied().unwrap_or(0);
+        println!("  swaps: {}, last took {} ms", inst.swaps, last / 1000);
+    }
     for (c, side) in sup.channels_of(idx) {
         let ch = &sup.channels[c];
         let peer = ch.spec.between[1 - side] as usize;
@@ -82,6 +95,49 @@ pub fn print_status_with_channels<M: platform::supervisor::Machine>(
                 ch.refused.as_deref().unwrap_or("not placed")
             ),
         }
+    }
+}
+
+/// The shell's `images`: the store, each kept image and who runs it.
+pub fn print_images<M: platform::supervisor::Machine>(sup: &Supervisor<'_, M>) {
+    let Some(store) = sup.store() else {
+        println!(
+            "no image store: {}",
+            sup.store_refused().unwrap_or("[settings] image_store = 0 in the manifest")
+        );
+        return;
+    };
+    println!(
+        "image store {:#x}..{:#x}: {} KiB of {} KiB used, largest free run {} KiB",
+        store.range.start,
+        store.range.end,
+        store.used() >> 10,
+        store.capacity() >> 10,
+        store.largest_free() >> 10
+    );
+    if let Some((name, got, of)) = sup.transfer_progress() {
+        println!("  receiving an image for '{name}': {got} of {of} chunks");
+    }
+    for im in store.images.iter().filter(|im| im.kept_us != 0) {
+        let src = platform::supervisor::ImageSource::Stored(im.id);
+        let role = sup.instances.iter().find(|x| x.name == im.instance).map_or("unused", |x| {
+            if x.image == src {
+                "running"
+            } else if x.next_image == Some(im.id) {
+                "next"
+            } else {
+                "previous"
+            }
+        });
+        println!(
+            "  {:<12} {:<8} {} bytes, sha256 {}, kept at {}.{:03} s",
+            im.instance,
+            role,
+            im.size,
+            platform::transfer::hex(&im.sha256),
+            im.kept_us / 1_000_000,
+            im.kept_us / 1000 % 1000
+        );
     }
 }
 
@@ -182,13 +238,21 @@ fn owner_text(o: &Owner) -> String {
         Owner::Instance(n) => format!("instance: {n}"),
         Owner::LowMemory(n) => format!("low memory: {n}"),
         Owner::Channel(n) => format!("channel: {n}"),
+        Owner::ImageStore => "image store".into(),
     }
 }
 
 pub fn emit_report(sup: &Supervisor<'_, crate::machine::Bsp>) {
     let mut items = report::Array::new();
-    for i in &sup.instances {
+    for (k, i) in sup.instances.iter().enumerate() {
         let mut l = report::Line::object();
+        let image = sup.image_facts(k);
+        l.str("image", image.source)
+            .num("image_size", image.size)
+            .str("image_hash", &image.hash)
+            .num("image_loaded_us", image.loaded_us)
+            .num("swaps", u64::from(i.swaps))
+            .raw("swap_us", &report::numbers(i.swap_us.iter().copied()));
         l.str("name", &i.name)
             .str("state", i.state.name())
             .num("heartbeat", i.heartbeat)

@@ -6,6 +6,7 @@
 //! user sees. The pure parts, building the QEMU command line, mapping an exit status to a
 //! verdict, and collecting report lines, are unit-tested here without QEMU.
 
+pub mod push;
 pub mod qemu;
 pub mod report;
 pub mod scenarios;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use crate::push::{PushJob, PushReport};
 use crate::verdict::{self, Ending, Verdict};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,26 +123,37 @@ pub struct DeviceOutput {
     pub text: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct InputStep {
     pub wait_for: String,
     pub send: String,
     /// Wait for the text on this device UART ("com2", ...) instead of the manager's console
     /// (typing always goes to the manager's console).
     pub on: Option<String>,
+    /// Instead of typing: push an image through `console.sock` (as `cargo xtask push` does)
+    /// and wait for the push to end before the next step.
+    pub push: Option<PushJob>,
 }
 
 impl InputStep {
     pub fn new(wait_for: &str, send: &str) -> Self {
-        InputStep { wait_for: wait_for.into(), send: send.into(), on: None }
+        InputStep { wait_for: wait_for.into(), send: send.into(), on: None, push: None }
     }
 
     /// A step that waits for `wait_for` on device `device` (counting from the `nth` time it
     /// appears there, 1 for the first).
     pub fn on_device(device: &str, wait_for: &str, send: &str) -> Self {
-        InputStep { wait_for: wait_for.into(), send: send.into(), on: Some(device.into()) }
+        InputStep { on: Some(device.into()), ..InputStep::new(wait_for, send) }
+    }
+
+    /// A step that pushes an image once `wait_for` appears on the manager's console.
+    pub fn push(wait_for: &str, job: PushJob) -> Self {
+        InputStep { push: Some(job), ..InputStep::new(wait_for, "") }
     }
 }
+
+/// The run directory's socket that carries the manager's console (`cargo xtask push --run`).
+pub const CONSOLE_SOCKET: &str = "console.sock";
 
 pub const QEMU: &str = "qemu-system-x86_64";
 
@@ -274,6 +286,60 @@ pub struct Outcome {
     pub screendump: Option<PathBuf>,
     /// What each device UART printed.
     pub devices: Vec<DeviceOutput>,
+    /// The pushes of the input steps, in order: the report, or what went wrong.
+    pub pushes: Vec<Result<PushReport, String>>,
+}
+
+/// Streams that receive the console's output as it arrives (clients of `console.sock`).
+type Clients = Arc<Mutex<Vec<std::os::unix::net::UnixStream>>>;
+
+/// Serves `console.sock` in `dir`: every client gets the console's output from the moment it
+/// connects (through `clients`), and what it writes goes to QEMU's stdin. Returns the socket's
+/// path, or `None` (with a warning) if it cannot be created, e.g. a path too long for a Unix
+/// socket.
+fn serve_console_socket(
+    dir: &Path,
+    stdin: Arc<Mutex<Option<std::process::ChildStdin>>>,
+    clients: Clients,
+) -> Option<PathBuf> {
+    let path = dir.join(CONSOLE_SOCKET);
+    let _ = std::fs::remove_file(&path);
+    let listener = match std::os::unix::net::UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "run-qemu: no {} ({e}); `cargo xtask push --run` will not work",
+                path.display()
+            );
+            return None;
+        }
+    };
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { break };
+            let (Ok(mut from_client), Ok(to_client)) = (conn.try_clone(), conn.try_clone()) else {
+                continue;
+            };
+            clients.lock().expect("console clients lock").push(to_client);
+            let stdin = Arc::clone(&stdin);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                loop {
+                    match from_client.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            let mut guard = stdin.lock().expect("QEMU stdin lock");
+                            let Some(input) = guard.as_mut() else { break };
+                            if input.write_all(&buf[..n]).and_then(|()| input.flush()).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Some(path)
 }
 
 /// Boots `cfg.image` and waits (bounded) for the verdict.
@@ -324,12 +390,13 @@ pub fn run(cfg: &Config) -> anyhow::Result<Outcome> {
             command,
             screendump: None,
             devices,
+            pushes: Vec::new(),
         });
     }
 
     let mut child = Command::new(QEMU)
         .args(&args)
-        .stdin(if cfg.input.is_empty() { Stdio::null() } else { Stdio::piped() })
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -340,6 +407,10 @@ pub fn run(cfg: &Config) -> anyhow::Result<Outcome> {
     let mut stdout = child.stdout.take().context("QEMU stdout")?;
     let sink = Arc::clone(&captured);
     let echo = cfg.echo;
+    let stdin = Arc::new(Mutex::new(child.stdin.take()));
+    let clients: Clients = Arc::new(Mutex::new(Vec::new()));
+    let socket = serve_console_socket(&cfg.work_dir, Arc::clone(&stdin), Arc::clone(&clients));
+    let to_clients = Arc::clone(&clients);
     let reader = std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         loop {
@@ -354,6 +425,10 @@ pub fn run(cfg: &Config) -> anyhow::Result<Outcome> {
                         let _ = out.flush();
                     }
                     sink.lock().expect("console buffer lock").extend_from_slice(chunk);
+                    to_clients
+                        .lock()
+                        .expect("console clients lock")
+                        .retain_mut(|c| c.write_all(chunk).is_ok());
                 }
             }
         }
@@ -374,8 +449,9 @@ pub fn run(cfg: &Config) -> anyhow::Result<Outcome> {
     let device_search: std::collections::HashMap<String, usize> = Default::default();
     let mut device_search = device_search;
 
-    let mut stdin = child.stdin.take();
     let mut steps = cfg.input.iter();
+    let mut pushing: Option<std::thread::JoinHandle<Result<PushReport, String>>> = None;
+    let mut pushes = Vec::new();
     let mut step = steps.next();
     let mut search_from = 0usize;
     let mut screendump = None;
@@ -413,7 +489,13 @@ pub fn run(cfg: &Config) -> anyhow::Result<Outcome> {
                 }
             }
         }
-        if let (Some(s), Some(input)) = (step, stdin.as_mut()) {
+        if pushing.as_ref().is_some_and(|h| h.is_finished()) {
+            if let Some(h) = pushing.take() {
+                pushes.push(h.join().unwrap_or_else(|_| Err("the push thread panicked".into())));
+            }
+            step = steps.next();
+        }
+        if let (Some(s), None) = (step, &pushing) {
             let found = match &s.on {
                 None => {
                     let text = captured.lock().expect("console buffer lock");
@@ -437,10 +519,24 @@ pub fn run(cfg: &Config) -> anyhow::Result<Outcome> {
                         device_search.insert(dev.clone(), at + s.wait_for.len());
                     }
                 }
+                if let Some(job) = &s.push {
+                    let (job, socket) = (job.clone(), socket.clone());
+                    pushing = Some(std::thread::spawn(move || {
+                        let socket = socket.ok_or("no console socket")?;
+                        let mut conn = std::os::unix::net::UnixStream::connect(&socket)
+                            .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
+                        crate::push::push(&mut conn, &job, |_| {}).map_err(|e| format!("{e:#}"))
+                    }));
+                    continue;
+                }
                 // Type slowly enough for a 16550 without FIFO handling on the other side.
                 for b in s.send.bytes() {
-                    let _ = input.write_all(&[b]);
-                    let _ = input.flush();
+                    let mut guard = stdin.lock().expect("QEMU stdin lock");
+                    if let Some(input) = guard.as_mut() {
+                        let _ = input.write_all(&[b]);
+                        let _ = input.flush();
+                    }
+                    drop(guard);
                     std::thread::sleep(Duration::from_millis(2));
                 }
                 step = steps.next();
@@ -471,7 +567,18 @@ pub fn run(cfg: &Config) -> anyhow::Result<Outcome> {
         }
     }
     let devices = device_outputs(cfg);
-    Ok(Outcome { ending, verdict, serial, duration, command, screendump, devices })
+    // QEMU is gone: a push still waiting for an answer sees the console close.
+    for c in clients.lock().expect("console clients lock").drain(..) {
+        let _ = c.shutdown(std::net::Shutdown::Both);
+    }
+    if let Some(h) = pushing.take() {
+        pushes.push(h.join().unwrap_or_else(|_| Err("the push thread panicked".into())));
+    }
+    stdin.lock().expect("QEMU stdin lock").take();
+    if let Some(s) = &socket {
+        let _ = std::fs::remove_file(s);
+    }
+    Ok(Outcome { ending, verdict, serial, duration, command, screendump, devices, pushes })
 }
 
 /// Every device UART's log, read back.

@@ -121,6 +121,50 @@ memory = "8M"
 cpu = 4
 "#;
 
+/// `hello` is replaced at run time while `compute` counts (for long enough to span the
+/// pushes); the run ends with the shell's `quit`.
+const PUSH_AND_SWAP: &str = r#"
+[settings]
+run_ms = 0
+image_store = "4M"
+
+[[instance]]
+name = "hello"
+payload = "hello"
+memory = "8M"
+args = "ticks=1000"
+
+[[instance]]
+name = "compute"
+payload = "compute"
+memory = "8M"
+args = "primes=30000000"
+"#;
+
+/// A Linux instance whose kernel is pushed again and swapped in, beside `hello`.
+const PUSH_LINUX: &str = r#"
+[settings]
+run_ms = 0
+boot_timeout_ms = 2000
+
+[[instance]]
+name = "small"
+protocol = "linux"
+image = "{vmlinuz}"
+initrd = "{initrd}"
+memory = "256M"
+cpu = 2
+devices = ["com2"]
+heartbeat_timeout_ms = 5000
+
+[[instance]]
+name = "hello"
+payload = "hello"
+memory = "8M"
+cpu = 1
+args = "ticks=1000"
+"#;
+
 /// A 12 MiB static-PIE image (a distribution kernel's size) beside two payloads.
 const BIG_IMAGE: &str = r#"
 [[instance]]
@@ -434,8 +478,56 @@ pub struct Scenario {
     /// A manifest file of the repository to boot instead (path from the workspace root); its
     /// settings hold, except `run_ms`, which the scenario sets.
     pub manifest_file: Option<&'static str>,
+    /// Runs only when a `--filter` selects it (minutes of TCG time; not part of the suite).
+    pub long: bool,
+    /// Steps after `steps`: typing, or pushing an image as `cargo xtask push` does.
+    pub script: Vec<Action>,
     /// Returns what is wrong, or `Ok` when the run shows the behaviour.
     pub check: fn(&Outcome) -> Result<(), String>,
+}
+
+/// An image a push scenario sends.
+#[derive(Clone, Copy, Debug)]
+pub enum PushImage {
+    /// A payload built by xtask, by its short name.
+    Payload(&'static str),
+    /// 10 000 bytes that are not a kernel image of any kind.
+    Junk,
+    /// The Linux kernel of the test material (`{vmlinuz}`).
+    Linux,
+}
+
+/// One step of a scenario's script, once `wait_for` appears on the manager's console.
+#[derive(Clone, Debug)]
+pub enum Action {
+    Type { wait_for: &'static str, text: &'static str },
+    Push(PushStep),
+}
+
+/// A push, as `cargo xtask push` makes it.
+#[derive(Clone, Debug)]
+pub struct PushStep {
+    pub wait_for: &'static str,
+    pub instance: &'static str,
+    pub image: PushImage,
+    pub swap: bool,
+    /// Damage this chunk's first transmission.
+    pub corrupt_chunk: Option<u32>,
+    /// Give up after this many chunks.
+    pub abandon_after: Option<u32>,
+}
+
+impl PushStep {
+    const fn new(wait_for: &'static str, instance: &'static str, image: PushImage) -> PushStep {
+        PushStep {
+            wait_for,
+            instance,
+            image,
+            swap: false,
+            corrupt_chunk: None,
+            abandon_after: None,
+        }
+    }
 }
 
 const fn scenario(
@@ -463,6 +555,8 @@ const fn scenario(
         manifest_file: None,
         tamper: &[],
         screendump_after: None,
+        script: Vec::new(),
+        long: false,
         check,
     }
 }
@@ -541,6 +635,50 @@ pub fn all() -> Vec<Scenario> {
     ] {
         let mut s = scenario(name, fw, &[], 5, check_channel_hostile_and_third);
         s.manifest = Some(CHANNEL_HOSTILE_AND_THIRD);
+        v.push(s);
+    }
+    for (name, fw) in [("push-and-swap-bios", Bios), ("push-and-swap-uefi", Uefi)] {
+        let mut s = scenario(name, fw, &[], 4, check_push_and_swap);
+        s.manifest = Some(PUSH_AND_SWAP);
+        s.timeout_secs = 180;
+        let hello_c = PushImage::Payload("hello-c");
+        s.script = vec![
+            // Refused by the loader's checks: the running instance is untouched.
+            Action::Push(PushStep::new("shell: ready", "hello", PushImage::Junk)),
+            // Abandoned after one chunk: the shell goes on.
+            Action::Push(PushStep {
+                abandon_after: Some(1),
+                ..PushStep::new("", "hello", hello_c)
+            }),
+            // The real one, with chunk 1 damaged on its first try, swapped in.
+            Action::Push(PushStep {
+                swap: true,
+                corrupt_chunk: Some(1),
+                ..PushStep::new("", "hello", hello_c)
+            }),
+            Action::Type { wait_for: "swapped 'hello'", text: "status hello\r" },
+            Action::Type { wait_for: "previous image:", text: "swap hello --previous\r" },
+            Action::Type { wait_for: "swapped 'hello'", text: "images\r" },
+            Action::Type { wait_for: "image store", text: "quit\r" },
+        ];
+        v.push(s);
+    }
+    // A 14 MB distribution kernel over QEMU's emulated UART (about 22 KiB/s here) takes
+    // about 11 minutes: run on request (`--filter push-linux`), not in every suite run.
+    for (name, fw) in [("push-linux-and-swap-bios", Bios), ("push-linux-and-swap-uefi", Uefi)] {
+        let mut s = scenario(name, fw, &[], 4, check_push_linux);
+        s.linux = true;
+        s.long = true;
+        s.manifest = Some(PUSH_LINUX);
+        s.memory = "1G";
+        s.timeout_secs = 1500;
+        s.script = vec![
+            Action::Push(PushStep {
+                swap: true,
+                ..PushStep::new("shell: ready", "small", PushImage::Linux)
+            }),
+            Action::Type { wait_for: "MK-LINUX-DONE", text: "quit\r" },
+        ];
         v.push(s);
     }
     for (name, fw) in [("two-cpu-instance-bios", Bios), ("two-cpu-instance-uefi", Uefi)] {
@@ -947,6 +1085,98 @@ fn check_linux_beside_small_kernels(o: &Outcome) -> Result<(), String> {
     expect(init3 == 3, || {
         format!("APIC 3 got {init3} INITs from the manager; expected 3 (park at each of two starts, stop)")
     })
+}
+
+/// Junk refused by name, an abandoned transfer, then hello-c pushed (one chunk resent) and
+/// swapped in for `hello` while `compute` ran undisturbed; then swapped back.
+fn check_push_and_swap(o: &Outcome) -> Result<(), String> {
+    expect(o.verdict.pass, || format!("run failed: {}", o.verdict.reason))?;
+    expect(o.pushes.len() == 3, || {
+        format!("{} pushes ran, expected 3: {:?}", o.pushes.len(), o.pushes)
+    })?;
+    let junk = o.pushes[0].as_ref().err().map_or("", String::as_str);
+    expect(junk.contains("refused the image for 'hello'") && junk.contains("ELF"), || {
+        format!("the junk image was not refused by the loader: {:?}", o.pushes[0])
+    })?;
+    let abandoned = o.pushes[1].as_ref().map_err(Clone::clone)?;
+    expect(abandoned.outcome.starts_with("load: abandoned hello (1 of "), || {
+        format!("the abandoned push: {}", abandoned.outcome)
+    })?;
+    let good = o.pushes[2].as_ref().map_err(Clone::clone)?;
+    expect(good.outcome.starts_with("load: kept hello") && good.resends >= 1, || {
+        format!("the good push: {} with {} resends", good.outcome, good.resends)
+    })?;
+    let swap = good.swap.as_deref().unwrap_or("");
+    expect(swap.starts_with("swapped 'hello' in ") && swap.contains("it runs pushed"), || {
+        format!("the swap answer: {swap:?}")
+    })?;
+    // The new kernel's line under [hello], between the two swaps.
+    let hello = console(o, "hello");
+    let c_at = hello.iter().position(|l| l.starts_with("hello from C: name hello"));
+    expect(c_at.is_some(), || format!("hello-c never printed under [hello]: {hello:?}"))?;
+    // After `--previous`, the Rust hello starts again.
+    let rust_again =
+        hello.iter().skip(c_at.unwrap_or(0)).any(|l| l.starts_with("hello: name hello"));
+    expect(rust_again, || "the previous image did not come back".into())?;
+    // compute: never stopped, every progress line there in order, nothing dropped.
+    let list = instances(o)?;
+    check_running(&list, "compute")?;
+    let compute = instance(&list, "compute")?;
+    expect(compute["console_dropped"] == 0 && compute["restarts"] == 0, || {
+        format!("compute was disturbed: {compute}")
+    })?;
+    let percents: Vec<u32> = console(o, "compute")
+        .iter()
+        .filter_map(|l| l.strip_prefix("compute: ")?.split('%').next()?.parse().ok())
+        .collect();
+    let want: Vec<u32> = (1..=percents.len() as u32).map(|k| k * 10).collect();
+    expect(!percents.is_empty() && percents == want, || {
+        format!("compute's progress lines are not 10%, 20%, ... in order: {percents:?}")
+    })?;
+    let states: Vec<&str> = compute["transitions"]
+        .as_array()
+        .map(|t| t.iter().filter_map(|x| x["state"].as_str()).collect())
+        .unwrap_or_default();
+    expect(!states.contains(&"stopped"), || format!("compute was stopped: {states:?}"))?;
+    // The report: hello runs its bundle image again after two swaps; status showed both.
+    let h = instance(&list, "hello")?;
+    expect(h["swaps"] == 2 && h["image"] == "bundle", || {
+        format!("hello: {} swaps, image {}", h["swaps"], h["image"])
+    })?;
+    expect(h["image_hash"].as_str().is_some_and(|s| s.starts_with("fnv1a64:")), || {
+        format!("hello's image hash: {}", h["image_hash"])
+    })?;
+    expect(o.serial.contains("  image: pushed, "), || {
+        "status did not show the pushed image".into()
+    })?;
+    expect(o.serial.contains("previous    ") || o.serial.contains(" previous "), || {
+        "images did not list the kept image".into()
+    })
+}
+
+/// Linux pushed again and swapped in: it reaches its init a second time; hello ran on.
+fn check_push_linux(o: &Outcome) -> Result<(), String> {
+    let inits = check_linux_console(o, "small", "com2", 1)?;
+    expect(inits == 2, || format!("Linux reached its init {inits} times; expected 2"))?;
+    let push = o.pushes.first().ok_or("no push ran")?.as_ref().map_err(Clone::clone)?;
+    expect(push.swap.as_deref().is_some_and(|s| s.starts_with("swapped 'small'")), || {
+        format!("the swap answer: {:?}", push.swap)
+    })?;
+    let list = instances(o)?;
+    check_running(&list, "hello")?;
+    let small = instance(&list, "small")?;
+    expect(small["image"] == "pushed" && small["swaps"] == 1, || {
+        format!("small: image {}, {} swaps", small["image"], small["swaps"])
+    })?;
+    println!(
+        "     push: {} bytes in {:.1} s ({:.0} KiB/s, {} resends); {}",
+        push.bytes,
+        push.elapsed.as_secs_f64(),
+        push.rate() / 1024.0,
+        push.resends,
+        push.swap.as_deref().unwrap_or("")
+    );
+    Ok(())
 }
 
 /// The 12 MiB image was loaded (12 MiB copied) and entered; the neighbours run; the manager's

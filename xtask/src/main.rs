@@ -27,6 +27,7 @@ mod machine;
 mod manifest;
 mod payloads;
 mod prereq;
+mod push;
 mod soak;
 
 /// Build, boot and test the multikernel boot manager.
@@ -145,6 +146,38 @@ enum Cmd {
         #[arg(long)]
         allow_fixed: bool,
     },
+    /// Send a kernel image to a running manager (and swap it in with --swap).
+    ///
+    /// The image is checked on the host first with the manager's code (the instance exists, the
+    /// image fits the image store and the instance's region, it is an ELF or, for a Linux
+    /// instance, a bzImage), then sent in checksummed chunks over the manager's console: a
+    /// `run-qemu` run's console.sock (--run, the run directory it printed) or a serial device.
+    Push {
+        /// The instance the image is for.
+        #[arg(long)]
+        instance: String,
+        /// The kernel image (an ELF, or a bzImage for a Linux instance).
+        #[arg(long)]
+        image: PathBuf,
+        /// Stop the instance and start the new image once it is kept.
+        #[arg(long)]
+        swap: bool,
+        /// The run directory of a `cargo xtask run-qemu` that is still running.
+        #[arg(
+            long,
+            value_name = "RUN_DIR",
+            conflicts_with = "tty",
+            required_unless_present = "tty"
+        )]
+        run: Option<PathBuf>,
+        /// A serial device connected to the machine's COM1 (115200 8N1), e.g. /dev/ttyUSB0.
+        #[arg(long, value_name = "DEVICE")]
+        tty: Option<PathBuf>,
+        /// The manifest the machine booted, for the host checks (default with --run: the
+        /// run's bundle).
+        #[arg(long, value_name = "PATH")]
+        manifest: Option<PathBuf>,
+    },
     /// Boot the manager under QEMU, stream its console, and end with a verdict.
     ///
     /// Exits 0 when the manager reports a pass, non-zero otherwise with a one-line reason.
@@ -260,6 +293,16 @@ fn main() -> ExitCode {
             machine::check(&manifest, &sysfs.unwrap_or_else(|| PathBuf::from("/sys")))
         }
         Cmd::CaptureMachine { out } => machine::capture(Path::new("/sys"), &out),
+        Cmd::Push { instance, image, swap, run, tty, manifest } => push::run(push::Options {
+            instance,
+            image,
+            swap,
+            target: match (run, tty) {
+                (Some(dir), _) => Some(push::Target::Run(dir)),
+                (None, dev) => dev.map(push::Target::Tty),
+            },
+            manifest,
+        }),
         Cmd::Flash { device, firmware, manifest, yes, allow_fixed } => flash::run(flash::Options {
             device,
             firmware: firmware.into(),
@@ -449,6 +492,50 @@ fn cmd_run_qemu(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(if outcome.verdict.pass { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
+/// A scenario's script as the runner's input steps (pushes get their image bytes here).
+fn script_steps(
+    s: &qemu_tests::scenarios::Scenario,
+    payloads: &[payloads::Payload],
+    linux: Option<&Result<linux::Prepared, String>>,
+) -> anyhow::Result<Vec<qemu::InputStep>> {
+    use qemu_tests::scenarios::{Action, PushImage};
+    let mut steps = Vec::new();
+    for a in &s.script {
+        steps.push(match a {
+            Action::Type { wait_for, text } => qemu::InputStep::new(wait_for, text),
+            Action::Push(p) => {
+                let bytes = match p.image {
+                    PushImage::Junk => {
+                        b"this is not a kernel image. ".repeat(358)[..10_000].to_vec()
+                    }
+                    PushImage::Payload(name) => {
+                        let p = payloads
+                            .iter()
+                            .find(|x| x.name == name)
+                            .with_context(|| format!("no payload named {name}"))?;
+                        std::fs::read(&p.path)?
+                    }
+                    PushImage::Linux => match linux {
+                        Some(Ok(p)) => std::fs::read(&p.vmlinuz)?,
+                        _ => anyhow::bail!("{}: a Linux push needs the Linux material", s.name),
+                    },
+                };
+                qemu::InputStep::push(
+                    p.wait_for,
+                    qemu_tests::push::PushJob {
+                        instance: p.instance.to_string(),
+                        image: bytes,
+                        swap: p.swap,
+                        corrupt_chunk: p.corrupt_chunk,
+                        abandon_after: p.abandon_after,
+                    },
+                )
+            }
+        });
+    }
+    Ok(steps)
+}
+
 /// The UARTs the bundle's instances own, as QEMU must provide them.
 fn devices_of(bundle: &platform::bundle::Bundle) -> Vec<qemu::Device> {
     bundle
@@ -547,11 +634,14 @@ fn cmd_test(filter: Option<&str>, no_host: bool, no_lint: bool) -> anyhow::Resul
             return Ok(ExitCode::FAILURE);
         }
     }
-    let selected: Vec<_> = scenarios::all()
+    let (selected, long): (Vec<_>, Vec<_>) = scenarios::all()
         .into_iter()
         .filter(|s| filter.is_none_or(|f| s.name.contains(f)))
-        .collect();
+        .partition(|s| !s.long || filter.is_some());
     println!("== QEMU scenarios ({} selected)", selected.len());
+    for s in &long {
+        println!("SKIP {}: a long scenario; run it with --filter {}", s.name, s.name);
+    }
     let mut kernels = std::collections::HashMap::new();
     let payloads = payloads::build_all(&build::root(), &build::target_dir())?;
     let qemu_version = prereq::qemu_version();
@@ -642,6 +732,7 @@ fn cmd_test(filter: Option<&str>, no_host: bool, no_lint: bool) -> anyhow::Resul
                     Some(d) => qemu::InputStep::on_device(d, w, t),
                     None => qemu::InputStep::new(w, t),
                 }))
+                .chain(script_steps(s, &payloads, linux_material.as_ref())?)
                 .collect(),
             screendump_after: s.screendump_after.map(String::from),
             devices,

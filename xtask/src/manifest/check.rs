@@ -48,6 +48,22 @@ pub(super) fn check_settings(src: &mut Source<'_>, value: &Spanned<DeValue<'_>>)
     if let Some(level) = raw.log_level {
         settings.log_level = level as u32;
     }
+    if let Some(store) = raw.image_store {
+        match store.get_ref().value() {
+            Some(bytes) if bytes.is_multiple_of(PAGE) => settings.image_store = bytes,
+            Some(_) => src.error(
+                store.span(),
+                format!("settings: image_store {} is not a multiple of 4K", store.get_ref()),
+            ),
+            None => src.error(
+                store.span(),
+                format!(
+                    "settings: image_store {} is not a size (use e.g. 64M, or 0 for no store)",
+                    store.get_ref()
+                ),
+            ),
+        }
+    }
     settings
 }
 

@@ -208,7 +208,14 @@ pub fn settings_summary(s: &Settings) -> String {
         3 => "debug",
         _ => "trace",
     };
-    format!("boot_timeout_ms {}, run_ms {}, log_level {level}", s.checkin_timeout_ms, s.run_ms)
+    let store = match s.image_store {
+        0 => "none".to_string(),
+        b => size_text(b),
+    };
+    format!(
+        "boot_timeout_ms {}, run_ms {}, log_level {level}, image_store {store}",
+        s.checkin_timeout_ms, s.run_ms
+    )
 }
 
 /// `8M`, `1G`, `96K` or a byte count.

@@ -37,6 +37,7 @@ pub(super) struct RawSettings {
     pub(super) boot_timeout_ms: Option<Spanned<u32>>,
     pub(super) run_ms: Option<u32>,
     pub(super) log_level: Option<LogLevel>,
+    pub(super) image_store: Option<Spanned<Number>>,
 }
 
 #[derive(Clone, Copy, Deserialize)]

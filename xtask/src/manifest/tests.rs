@@ -69,7 +69,16 @@ max_restarts = 7
 #[test]
 fn a_valid_manifest_gives_every_field_and_default() {
     let m = check(VALID).expect("valid");
-    assert_eq!(m.settings, Settings { run_ms: 0, checkin_timeout_ms: 500, log_level: 3, flags: 0 });
+    assert_eq!(
+        m.settings,
+        Settings {
+            run_ms: 0,
+            checkin_timeout_ms: 500,
+            log_level: 3,
+            flags: 0,
+            image_store: platform::bundle::DEFAULT_IMAGE_STORE,
+        }
+    );
     let [hello, crunch, c] = &m.instances[..] else { panic!("three instances: {m:?}") };
     assert_eq!(hello.name, "hello");
     assert_eq!(hello.kernel, Kernel::Payload("hello".into()));
