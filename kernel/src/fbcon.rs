@@ -67,6 +67,10 @@ struct Console {
     pixels: &'static mut [u8],
     bytes_per_pixel: usize,
     stride_bytes: usize,
+    /// The status panel's rows at the top (the last one a separator), drawn from row 0; none
+    /// on a screen too small for it.
+    panel: Option<Screen>,
+    /// The scrolling log, drawn below the panel.
     screen: Screen,
     /// Each printable glyph in each ink, as pixel rows in the framebuffer's format:
     /// `[ink][glyph][row][GLYPH_WIDTH_PX * bytes_per_pixel]`, flattened.
@@ -150,6 +154,32 @@ pub fn flush() {
     }
 }
 
+/// Rows of the status panel above the log (a header, instances, a separator), on screens
+/// tall enough for it and 10 rows of log.
+pub const PANEL_ROWS: usize = 12;
+
+/// Shows `lines` in the status panel (at most [`PANEL_ROWS`] - 1; the rest is cut), drawn
+/// with the next flush. Dropped if the console is busy or absent.
+pub fn set_panel(lines: &[alloc::string::String]) {
+    let mut guard = CONSOLE.try_lock();
+    let Some(panel) = guard.as_mut().and_then(|g| g.as_mut()).and_then(|c| c.panel.as_mut()) else {
+        return;
+    };
+    let rows = panel.rows();
+    for r in 0..rows - 1 {
+        panel.set_row(r, lines.get(r).map_or("", |l| l.as_str()), Ink::Normal as u8);
+    }
+    let rule = "-".repeat(panel.cols());
+    panel.set_row(rows - 1, &rule, Ink::Normal as u8);
+}
+
+/// The lines the panel can show (0 without a console or a panel).
+pub fn panel_rows() -> usize {
+    let guard = CONSOLE.try_lock();
+    let panel = guard.as_ref().and_then(|g| g.as_ref()).and_then(|c| c.panel.as_ref());
+    panel.map_or(0, |p| p.rows().saturating_sub(1))
+}
+
 /// [`write_str`] for formatted text (to mirror `serial::print`).
 pub fn write_fmt(args: fmt::Arguments) {
     let _ = fmt::write(&mut Pen(write_str), args);
@@ -187,7 +217,10 @@ impl Console {
         }
         let cols = info.width.saturating_sub(2 * MARGIN_PX) / GLYPH_WIDTH_PX;
         let rows = info.height.saturating_sub(2 * MARGIN_PX) / LINE_HEIGHT_PX;
-        let screen = Screen::new(cols, rows)?;
+        // The panel only where ten rows of log remain below it.
+        let panel_rows = if rows >= PANEL_ROWS + 10 { PANEL_ROWS } else { 0 };
+        let panel = Screen::new(cols, panel_rows);
+        let screen = Screen::new(cols, rows - panel_rows)?;
         pixels.fill(0);
         let glyph_bytes = LINE_HEIGHT_PX * GLYPH_WIDTH_PX * bpp;
         let mut glyphs = alloc::vec![0u8; 2 * GLYPHS * glyph_bytes];
@@ -206,7 +239,7 @@ impl Console {
                 }
             }
         }
-        Some(Self { pixels, bytes_per_pixel: bpp, stride_bytes, screen, glyphs })
+        Some(Self { pixels, bytes_per_pixel: bpp, stride_bytes, panel, screen, glyphs })
     }
 
     fn write(&mut self, s: &str, ink: Ink) {
@@ -217,25 +250,43 @@ impl Console {
 
     /// Draws every cell that differs from what is on display; returns how many.
     fn draw_changes(&mut self) -> usize {
-        let Console { pixels, bytes_per_pixel: bpp, stride_bytes, screen, glyphs } = self;
+        let Console { pixels, bytes_per_pixel: bpp, stride_bytes, panel, screen, glyphs } = self;
         let (bpp, stride) = (*bpp, *stride_bytes);
-        let row_bytes = GLYPH_WIDTH_PX * bpp;
-        let glyph_bytes = LINE_HEIGHT_PX * row_bytes;
-        screen.draw_changes(|col, row, byte, ink| {
-            let ink = usize::from(ink == Ink::Error as u8);
-            let g = usize::from(byte.saturating_sub(FIRST_GLYPH)).min(GLYPHS - 1);
-            let start = (ink * GLYPHS + g) * glyph_bytes;
-            let Some(glyph) = glyphs.get(start..start + glyph_bytes) else { return };
-            let x = (MARGIN_PX + col * GLYPH_WIDTH_PX) * bpp;
-            let top = (MARGIN_PX + row * LINE_HEIGHT_PX) * stride;
-            for (y, src) in glyph.chunks_exact(row_bytes).enumerate() {
-                let at = top + y * stride + x;
-                if let Some(dst) = pixels.get_mut(at..at + row_bytes) {
-                    copy_row(dst, src);
-                }
-            }
-        })
+        let log_top = panel.as_ref().map_or(0, Screen::rows);
+        let mut n = 0;
+        if let Some(panel) = panel.as_mut() {
+            n += draw_screen(panel, 0, pixels, bpp, stride, glyphs);
+        }
+        n + draw_screen(screen, log_top, pixels, bpp, stride, glyphs)
     }
+}
+
+/// Draws `screen`'s changed cells with its first row at text row `top`; returns how many.
+fn draw_screen(
+    screen: &mut Screen,
+    top_row: usize,
+    pixels: &mut [u8],
+    bpp: usize,
+    stride: usize,
+    glyphs: &[u8],
+) -> usize {
+    let row_bytes = GLYPH_WIDTH_PX * bpp;
+    let glyph_bytes = LINE_HEIGHT_PX * row_bytes;
+    screen.draw_changes(|col, row, byte, ink| {
+        let row = row + top_row;
+        let ink = usize::from(ink == Ink::Error as u8);
+        let g = usize::from(byte.saturating_sub(FIRST_GLYPH)).min(GLYPHS - 1);
+        let start = (ink * GLYPHS + g) * glyph_bytes;
+        let Some(glyph) = glyphs.get(start..start + glyph_bytes) else { return };
+        let x = (MARGIN_PX + col * GLYPH_WIDTH_PX) * bpp;
+        let top = (MARGIN_PX + row * LINE_HEIGHT_PX) * stride;
+        for (y, src) in glyph.chunks_exact(row_bytes).enumerate() {
+            let at = top + y * stride + x;
+            if let Some(dst) = pixels.get_mut(at..at + row_bytes) {
+                copy_row(dst, src);
+            }
+        }
+    })
 }
 
 /// Copies one glyph row (a few dozen bytes) eight bytes at a time. `copy_from_slice` would

@@ -20,6 +20,7 @@ mod acpi;
 mod fbcon;
 mod heap;
 mod interrupts;
+mod keyboard;
 mod lapic;
 mod machine;
 mod memory;
@@ -262,12 +263,22 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         log::error!("apstart: {e}");
     }
     let run_ms = u64::from(parsed.settings.run_ms);
+    if keyboard::init() {
+        log::info!("keyboard: i8042 found; the shell takes keys as well as the serial line");
+    } else {
+        log::info!("keyboard: no i8042 controller; the shell is on the serial line only");
+    }
     let mut sh = shell::Shell::default();
     sh.greet(run_ms);
     let mut last_table = time::micros_since_boot();
+    let mut last_panel = 0u64;
     sup.run(run_ms, |sup| {
         sh.serve(sup);
         let now = time::micros_since_boot();
+        if now.saturating_sub(last_panel) >= PANEL_EVERY_US {
+            fbcon::set_panel(&sup.panel_lines(fbcon::panel_rows()));
+            last_panel = now;
+        }
         if run_ms != 0 && now.saturating_sub(last_table) >= STATUS_EVERY_US {
             view::print_table(&sup.instances);
             last_table = now;
@@ -294,6 +305,8 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
 
 /// How often a status table is printed while supervising (not in shell mode).
 const STATUS_EVERY_US: u64 = 1_000_000;
+/// How often the screen's status panel is refreshed.
+const PANEL_EVERY_US: u64 = 1_000_000;
 
 /// The bundle's log level (0 error .. 4 trace), as the manifest's `log_level` set it.
 fn log_level(level: u32) -> log::LevelFilter {

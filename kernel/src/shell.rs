@@ -61,7 +61,7 @@ impl Shell {
         let mut budget = MAX_BYTES_PER_POLL;
         loop {
             let transferring = self.editor.in_data_line() || sup.transfer_progress().is_some();
-            let b = match serial::try_read() {
+            let b = match serial::try_read().or_else(crate::keyboard::try_read) {
                 Some(b) => b,
                 None if transferring && !window.passed() => {
                     // Answers go out while the sender is waiting for them.

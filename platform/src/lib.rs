@@ -16,6 +16,7 @@ pub mod apstart;
 pub mod bundle;
 pub mod bzimage;
 pub mod frames;
+pub mod keyboard;
 pub mod lifecycle;
 pub mod linuxboot;
 pub mod logbuf;

@@ -130,6 +130,11 @@ pub struct Watchdog {
 }
 
 impl Watchdog {
+    /// When the heartbeat last moved (or the watchdog was reset), µs since the manager started.
+    pub fn last_change_us(&self) -> u64 {
+        self.last_change_us
+    }
+
     pub fn reset(&mut self, now_us: u64, value: u64) {
         self.last_value = value;
         self.last_change_us = now_us;

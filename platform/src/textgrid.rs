@@ -164,6 +164,21 @@ impl Screen {
         }
     }
 
+    /// Replaces row `row` with `text` in `ink` (cut at the width, blanks after it), without
+    /// moving the cursor: for fixed lines such as a status panel. A row past the last is
+    /// ignored.
+    pub fn set_row(&mut self, row: usize, text: &str, ink: u8) {
+        let cols = self.cursor.cols();
+        let Some(cells) = self.cells.get_mut(row * cols..(row + 1) * cols) else { return };
+        let mut chars = text.chars();
+        for cell in cells {
+            *cell = match chars.next() {
+                Some(c) => (glyph_for(c), ink),
+                None => BLANK,
+            };
+        }
+    }
+
     /// Row `row`'s cells (empty past the last row).
     pub fn row(&self, row: usize) -> &[(u8, u8)] {
         let cols = self.cursor.cols();
@@ -195,6 +210,22 @@ impl Screen {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_row_replaces_one_row_and_keeps_the_cursor() {
+        let mut s = Screen::new(5, 2).unwrap();
+        s.put('a', 0);
+        s.set_row(1, "hello world", 1);
+        let text: Vec<u8> = s.row(1).iter().map(|c| c.0).collect();
+        assert_eq!(&text, b"hello");
+        assert!(s.row(1).iter().all(|c| c.1 == 1));
+        s.set_row(1, "hi\u{e9}", 0);
+        let text: Vec<u8> = s.row(1).iter().map(|c| c.0).collect();
+        assert_eq!(&text, b"hi?  ", "shorter text blanks the rest; non-ASCII is '?'");
+        s.set_row(7, "ignored", 0);
+        s.put('b', 0);
+        assert_eq!(s.row(0)[..2], [(b'a', 0), (b'b', 0)], "the cursor did not move");
+    }
 
     #[test]
     fn a_screen_keeps_text_and_hands_out_only_changed_cells() {

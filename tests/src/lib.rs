@@ -10,4 +10,5 @@ pub mod push;
 pub mod qemu;
 pub mod report;
 pub mod scenarios;
+pub mod screen;
 pub mod verdict;

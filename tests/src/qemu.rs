@@ -133,11 +133,41 @@ pub struct InputStep {
     /// Instead of typing: push an image through `console.sock` (as `cargo xtask push` does)
     /// and wait for the push to end before the next step.
     pub push: Option<PushJob>,
+    /// Instead of typing on the serial line: press these keys on the PS/2 keyboard (QEMU
+    /// monitor `sendkey`; letters, digits, space, `-`, `.`, `'`, `\r` for Enter).
+    pub keys: Option<String>,
+    /// Instead of typing: take a screenshot into this file of the work directory.
+    pub screenshot: Option<String>,
+    /// End the run (kill QEMU) once `wait_for` appears: for builds that never exit.
+    pub end: bool,
 }
 
 impl InputStep {
     pub fn new(wait_for: &str, send: &str) -> Self {
-        InputStep { wait_for: wait_for.into(), send: send.into(), on: None, push: None }
+        InputStep {
+            wait_for: wait_for.into(),
+            send: send.into(),
+            on: None,
+            push: None,
+            keys: None,
+            screenshot: None,
+            end: false,
+        }
+    }
+
+    /// A step that presses `keys` on the keyboard once `wait_for` appears.
+    pub fn keys(wait_for: &str, keys: &str) -> Self {
+        InputStep { keys: Some(keys.into()), ..InputStep::new(wait_for, "") }
+    }
+
+    /// A step that takes a screenshot (`name` in the work directory) once `wait_for` appears.
+    pub fn screenshot(wait_for: &str, name: &str) -> Self {
+        InputStep { screenshot: Some(name.into()), ..InputStep::new(wait_for, "") }
+    }
+
+    /// A step that ends the run once `wait_for` appears.
+    pub fn end(wait_for: &str) -> Self {
+        InputStep { end: true, ..InputStep::new(wait_for, "") }
     }
 
     /// A step that waits for `wait_for` on device `device` (counting from the `nth` time it
@@ -224,9 +254,12 @@ impl Config {
         push("-display");
         push("none");
         push("-monitor");
-        match &self.screendump_after {
-            Some(_) => push(&format!("unix:{},server,nowait", self.monitor_socket().display())),
-            None => push("none"),
+        let monitor = self.screendump_after.is_some()
+            || self.input.iter().any(|s| s.keys.is_some() || s.screenshot.is_some());
+        if monitor {
+            push(&format!("unix:{},server,nowait", self.monitor_socket().display()));
+        } else {
+            push("none");
         }
         push("-net");
         push("none");
@@ -288,6 +321,35 @@ pub struct Outcome {
     pub devices: Vec<DeviceOutput>,
     /// The pushes of the input steps, in order: the report, or what went wrong.
     pub pushes: Vec<Result<PushReport, String>>,
+    /// The screenshots of the input steps, in order (a failed one is missing).
+    pub screenshots: Vec<PathBuf>,
+}
+
+/// QEMU's `sendkey` name for a character the shell understands (QEMU monitor docs, "sendkey").
+fn qemu_key(c: char) -> Option<String> {
+    Some(match c {
+        'a'..='z' | '0'..='9' => c.to_string(),
+        'A'..='Z' => format!("shift-{}", c.to_ascii_lowercase()),
+        ' ' => "spc".into(),
+        '\r' | '\n' => "ret".into(),
+        '-' => "minus".into(),
+        '.' => "dot".into(),
+        '\'' => "apostrophe".into(),
+        _ => return None,
+    })
+}
+
+/// Presses `keys` through QEMU's monitor, one key at a time.
+fn send_keys(socket: &Path, keys: &str) -> anyhow::Result<()> {
+    let mut s = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("connecting to the QEMU monitor at {}", socket.display()))?;
+    for c in keys.chars() {
+        let key = qemu_key(c).with_context(|| format!("no QEMU key for {c:?}"))?;
+        writeln!(s, "sendkey {key}")?;
+        // sendkey holds the key 100 ms by default; let it be released before the next one.
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    Ok(())
 }
 
 /// Streams that receive the console's output as it arrives (clients of `console.sock`).
@@ -391,6 +453,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<Outcome> {
             screendump: None,
             devices,
             pushes: Vec::new(),
+            screenshots: Vec::new(),
         });
     }
 
@@ -452,6 +515,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<Outcome> {
     let mut steps = cfg.input.iter();
     let mut pushing: Option<std::thread::JoinHandle<Result<PushReport, String>>> = None;
     let mut pushes = Vec::new();
+    let mut screenshots = Vec::new();
     let mut step = steps.next();
     let mut search_from = 0usize;
     let mut screendump = None;
@@ -519,6 +583,30 @@ pub fn run(cfg: &Config) -> anyhow::Result<Outcome> {
                         device_search.insert(dev.clone(), at + s.wait_for.len());
                     }
                 }
+                if s.end {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break Ending::Signalled;
+                }
+                if let Some(keys) = &s.keys {
+                    if let Err(e) = send_keys(&cfg.monitor_socket(), keys) {
+                        eprintln!("sendkey failed: {e:#}");
+                    }
+                    step = steps.next();
+                    continue;
+                }
+                if let Some(name) = &s.screenshot {
+                    // Let the screen catch up with the serial line (it is drawn at most
+                    // every 100 ms, the panel every second).
+                    std::thread::sleep(Duration::from_millis(1500));
+                    let file = cfg.work_dir.join(name);
+                    match take_screendump(&cfg.monitor_socket(), &file) {
+                        Ok(()) => screenshots.push(file),
+                        Err(e) => eprintln!("screendump failed: {e:#}"),
+                    }
+                    step = steps.next();
+                    continue;
+                }
                 if let Some(job) = &s.push {
                     let (job, socket) = (job.clone(), socket.clone());
                     pushing = Some(std::thread::spawn(move || {
@@ -578,7 +666,17 @@ pub fn run(cfg: &Config) -> anyhow::Result<Outcome> {
     if let Some(s) = &socket {
         let _ = std::fs::remove_file(s);
     }
-    Ok(Outcome { ending, verdict, serial, duration, command, screendump, devices, pushes })
+    Ok(Outcome {
+        ending,
+        verdict,
+        serial,
+        duration,
+        command,
+        screendump,
+        devices,
+        pushes,
+        screenshots,
+    })
 }
 
 /// Every device UART's log, read back.

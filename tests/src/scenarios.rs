@@ -500,8 +500,25 @@ pub enum PushImage {
 /// One step of a scenario's script, once `wait_for` appears on the manager's console.
 #[derive(Clone, Debug)]
 pub enum Action {
-    Type { wait_for: &'static str, text: &'static str },
+    Type {
+        wait_for: &'static str,
+        text: &'static str,
+    },
     Push(PushStep),
+    /// Press keys on the PS/2 keyboard (QEMU `sendkey`).
+    Keys {
+        wait_for: &'static str,
+        keys: &'static str,
+    },
+    /// Take a screenshot (file name in the run directory).
+    Screenshot {
+        wait_for: &'static str,
+        name: &'static str,
+    },
+    /// End the run (for builds that never exit).
+    End {
+        wait_for: &'static str,
+    },
 }
 
 /// A push, as `cargo xtask push` makes it.
@@ -635,6 +652,25 @@ pub fn all() -> Vec<Scenario> {
     ] {
         let mut s = scenario(name, fw, &[], 5, check_channel_hostile_and_third);
         s.manifest = Some(CHANNEL_HOSTILE_AND_THIRD);
+        v.push(s);
+    }
+    for (name, fw) in
+        [("screen-panel-and-keyboard-bios", Bios), ("screen-panel-and-keyboard-uefi", Uefi)]
+    {
+        let mut s = default_run(scenario(name, fw, &[], 4, check_screen_panel_and_keyboard));
+        s.kernel = KernelVariant::Usb;
+        s.run_ms = 0;
+        s.timeout_secs = 120;
+        s.script = vec![
+            // hello's last tick: by then all three run and the panel has been redrawn.
+            Action::Screenshot { wait_for: "[hello] hello: tick 5", name: "panel.ppm" },
+            Action::Keys { wait_for: "", keys: "status hello\r" },
+            Action::Screenshot {
+                wait_for: "  image: boot bundle file 'hello'",
+                name: "status.ppm",
+            },
+            Action::End { wait_for: "" },
+        ];
         v.push(s);
     }
     for (name, fw) in [("push-and-swap-bios", Bios), ("push-and-swap-uefi", Uefi)] {
@@ -1084,6 +1120,45 @@ fn check_linux_beside_small_kernels(o: &Outcome) -> Result<(), String> {
     let (init3, _) = ipis_to(o, 3)?;
     expect(init3 == 3, || {
         format!("APIC 3 got {init3} INITs from the manager; expected 3 (park at each of two starts, stop)")
+    })
+}
+
+/// A USB build's screen: the status panel lists the three default instances `running`; keys
+/// typed on the PS/2 keyboard reach the shell, and its answer is on screen.
+fn check_screen_panel_and_keyboard(o: &Outcome) -> Result<(), String> {
+    expect(o.screenshots.len() == 2, || {
+        format!("{} screenshots were taken, expected 2", o.screenshots.len())
+    })?;
+    let read = |k: usize| -> Result<Vec<String>, String> {
+        let bytes = std::fs::read(&o.screenshots[k]).map_err(|e| e.to_string())?;
+        let pic = crate::qemu::Picture::parse_ppm(&bytes).map_err(|e| format!("{e:#}"))?;
+        Ok(crate::screen::read_text(&pic))
+    };
+    let panel = read(0)?;
+    let top: Vec<&str> = panel.iter().take(12).map(String::as_str).collect();
+    expect(top.first().is_some_and(|l| l.starts_with("instance     cpus")), || {
+        format!("no panel header on the first screen row: {top:#?}")
+    })?;
+    for name in ["hello", "compute", "hello-c"] {
+        let row = top.iter().find(|l| l.split_whitespace().next() == Some(name));
+        expect(row.is_some_and(|l| l.split_whitespace().nth(2) == Some("running")), || {
+            format!("the panel has no 'running' row for {name}: {top:#?}")
+        })?;
+    }
+    expect(top.iter().any(|l| l.starts_with("-----")), || "no rule under the panel".into())?;
+    // The typed command reached the shell (its echo is on the serial line and the screen) and
+    // the answer is on screen, below the panel.
+    expect(o.serial.contains("mk> status hello"), || "the keys never reached the shell".into())?;
+    let status = read(1)?;
+    let log = &status[12.min(status.len())..];
+    expect(log.iter().any(|l| l.contains("mk> status hello")), || {
+        format!("the typed command is not on screen: {log:#?}")
+    })?;
+    expect(log.iter().any(|l| l.starts_with("instance 'hello': running")), || {
+        format!("the status answer is not on screen: {log:#?}")
+    })?;
+    expect(log.iter().any(|l| l.starts_with("  image: boot bundle file 'hello'")), || {
+        "the status answer's image line is not on screen".into()
     })
 }
 

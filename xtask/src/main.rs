@@ -503,6 +503,9 @@ fn script_steps(
     for a in &s.script {
         steps.push(match a {
             Action::Type { wait_for, text } => qemu::InputStep::new(wait_for, text),
+            Action::Keys { wait_for, keys } => qemu::InputStep::keys(wait_for, keys),
+            Action::Screenshot { wait_for, name } => qemu::InputStep::screenshot(wait_for, name),
+            Action::End { wait_for } => qemu::InputStep::end(wait_for),
             Action::Push(p) => {
                 let bytes = match p.image {
                     PushImage::Junk => {

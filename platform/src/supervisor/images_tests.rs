@@ -256,3 +256,27 @@ fn without_a_store_load_says_why() {
         sup.store_refused()
     );
 }
+
+#[test]
+fn the_screen_panel_shows_every_instance_or_says_how_many_more() {
+    let w = World::new(4, vec![spec("a", 1), spec("b", 2), spec("c", 3)]);
+    let mut sup = w.supervisor(w.sim(), FACTS);
+    sup.boot().unwrap();
+    run_for(&mut sup, 40);
+    let lines = sup.panel_lines(10);
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(lines[0].starts_with("instance     cpus      state"), "{}", lines[0]);
+    for (line, (name, cpu)) in lines[1..].iter().zip([("a", 1), ("b", 2), ("c", 3)]) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(&words[..3], &[name, &format!("{cpu}"), "running"], "{line}");
+        assert!(line.ends_with(&format!("{name}: tick 3")), "the last console line: {line}");
+        let age: f64 = words[3].parse().unwrap();
+        assert!(words[4] == "s" && age < 0.1, "the heartbeat moved within 10 ms: {line}");
+    }
+    // Too little room: the last line counts the rest.
+    let lines = sup.panel_lines(3);
+    assert_eq!(lines.len(), 3);
+    assert!(lines[1].starts_with("a "));
+    assert_eq!(lines[2], "... and 2 more instances ('list' on the serial console)");
+    assert!(sup.panel_lines(0).is_empty());
+}

@@ -199,6 +199,12 @@ impl Instance {
             || (!self.spec.speaks_protocol() && self.state == State::Started)
     }
 
+    /// How long its heartbeat has not moved, or since it was started (`None` before any start).
+    pub fn heartbeat_age_us(&self, now_us: u64) -> Option<u64> {
+        let since = self.watchdog.last_change_us();
+        (since > 0).then(|| now_us.saturating_sub(since))
+    }
+
     /// Its CPUs (empty if refused at boot).
     pub fn cpus(&self) -> &[u32] {
         self.resources.as_ref().map_or(&[], |r| &r.cpus)

@@ -36,6 +36,7 @@ mod instance;
 mod linux;
 mod load;
 mod machine;
+mod panel;
 mod start;
 mod stop;
 mod watch;
