@@ -16,9 +16,6 @@ const MAX_BYTES_PER_POLL: usize = 256;
 /// for the sender's next line instead of leaving it to the 16-byte receive FIFO, which a real
 /// 115200-baud line fills in 1.4 ms). Bounded so supervision goes on during a transfer.
 const TRANSFER_WINDOW_US: u64 = 50_000;
-/// Between two looks at an empty receive FIFO during a transfer (a 16-byte FIFO holds 1.4 ms
-/// of a 115200-baud line).
-const IDLE_POLL_PAUSE_US: u64 = 50;
 pub const PROMPT: &str = "mk> ";
 
 /// The shell shows its prompt once it is in use: from the start when the run has no time
@@ -66,10 +63,7 @@ impl Shell {
                 None if transferring && !window.passed() => {
                     // Answers go out while the sender is waiting for them.
                     serial::drain_until(&Deadline::after_micros(100));
-                    // Then a pause without port I/O: under QEMU every UART access takes the
-                    // lock its I/O thread needs to refill the receive FIFO, so polling the
-                    // line status in a tight loop slows the very input it waits for.
-                    crate::time::delay_micros(IDLE_POLL_PAUSE_US);
+                    core::hint::spin_loop();
                     continue;
                 }
                 None => break,
