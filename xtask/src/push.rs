@@ -116,18 +116,8 @@ fn host_view(opts: &Options) -> anyhow::Result<Option<HostView>> {
         (None, _) => Ok(None),
         (_, Some(m)) => {
             let m = crate::manifest::load(m).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let names = m.instances.iter().map(|i| i.name.clone()).collect();
-            let Some(i) = m.instances.iter().find(|i| i.name == opts.instance) else {
-                return Ok(Some(HostView { names, ..unknown() }));
-            };
-            Ok(Some(HostView {
-                names,
-                memory: i.memory,
-                cpus: cpu_count(&i.cpus),
-                protocol: i.protocol,
-                image_store: m.settings.image_store,
-                region_base: None,
-            }))
+            let list = m.instances.iter().map(|i| (i.name.as_str(), i.memory, &i.cpus, i.protocol));
+            Ok(Some(view_of(&opts.instance, list, m.settings.image_store, None)))
         }
         (Some(Target::Run(dir)), None) => {
             let path = dir.join("bundle.bin");
@@ -136,39 +126,42 @@ fn host_view(opts: &Options) -> anyhow::Result<Option<HostView>> {
             })?;
             let parsed = platform::bundle::parse(&bytes)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            let names = parsed.instances.iter().map(|i| i.name.clone()).collect();
-            let Some(i) = parsed.instances.iter().find(|i| i.name == opts.instance) else {
-                return Ok(Some(HostView { names, ..unknown() }));
-            };
-            Ok(Some(HostView {
-                names,
-                memory: i.memory,
-                cpus: cpu_count(&i.cpus),
-                protocol: i.protocol,
-                image_store: parsed.settings.image_store,
-                region_base: region_from_log(&dir.join("serial.log"), &opts.instance),
-            }))
+            let list =
+                parsed.instances.iter().map(|i| (i.name.as_str(), i.memory, &i.cpus, i.protocol));
+            let base = region_from_log(&dir.join("serial.log"), &opts.instance);
+            Ok(Some(view_of(&opts.instance, list, parsed.settings.image_store, base)))
         }
         (Some(Target::Tty(_)), None) => Ok(None),
     }
 }
 
-fn unknown() -> HostView {
-    HostView {
+/// The view of instance `name` among `instances` (name, memory, CPUs, protocol).
+fn view_of<'a>(
+    name: &str,
+    instances: impl Iterator<Item = (&'a str, u64, &'a Cpus, Protocol)>,
+    image_store: u64,
+    region_base: Option<u64>,
+) -> HostView {
+    let mut view = HostView {
         names: Vec::new(),
         memory: 0,
         cpus: 0,
         protocol: Protocol::Multikernel,
-        image_store: 0,
-        region_base: None,
+        image_store,
+        region_base,
+    };
+    for (n, memory, cpus, protocol) in instances {
+        view.names.push(n.to_string());
+        if n == name {
+            view.memory = memory;
+            view.cpus = match cpus {
+                Cpus::Any(k) => u64::from(*k),
+                Cpus::Exactly(ids) => ids.len() as u64,
+            };
+            view.protocol = protocol;
+        }
     }
-}
-
-fn cpu_count(c: &Cpus) -> u64 {
-    match c {
-        Cpus::Any(n) => u64::from(*n),
-        Cpus::Exactly(ids) => ids.len() as u64,
-    }
+    view
 }
 
 /// The instance's region base from the `plan` report section the manager printed.

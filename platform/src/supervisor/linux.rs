@@ -54,28 +54,8 @@ impl<M: Machine> Supervisor<'_, M> {
             lapic_base: self.facts.lapic_base,
             oem_id: OEM_ID,
         };
-        let acpi_len = acpiview::size(&view_spec)
-            .map_err(|e| StartError::Linux(linuxboot::LinuxError::Acpi(e)))?;
-        let layout = LinuxLayout::new(region.start, region.len(), acpi_len as u64).ok_or(
-            StartError::Linux(linuxboot::LinuxError::RegionTooSmall { memory: region.len() }),
-        )?;
-        let placed =
-            bzimage::place(&kernel, region.start, layout.kernel_limit(), initrd.len() as u64)
-                .map_err(|e| StartError::Linux(linuxboot::LinuxError::Place(e)))?;
-        let defaults = linuxboot::default_cmdline(
-            spec.devices.first().copied(),
-            self.facts.tsc_hz / 1000,
-            !initrd.is_empty(),
-            layout.native.status,
-        );
-        let mut cmdline = linuxboot::cmdline(&defaults, &spec.cmdline).into_bytes();
-        if cmdline.len() > kernel.cmdline_size as usize {
-            let e = linuxboot::LinuxError::CmdlineTooLong {
-                len: cmdline.len(),
-                max: kernel.cmdline_size,
-            };
-            return Err(StartError::Linux(e));
-        }
+        let (layout, placed, mut cmdline) =
+            self.plan_linux(&res, &spec, &view_spec, &kernel, initrd.len() as u64)?;
         cmdline.push(0);
         let view = acpiview::build(&view_spec, layout.acpi)
             .map_err(|e| StartError::Linux(linuxboot::LinuxError::Acpi(e)))?;
@@ -206,13 +186,28 @@ impl<M: Machine> Supervisor<'_, M> {
             lapic_base: self.facts.lapic_base,
             oem_id: OEM_ID,
         };
-        let linux = |e| StartError::Linux(e);
+        self.plan_linux(&res, &spec, &view_spec, &kernel, initrd_len).map(|_| ())
+    }
+
+    /// What loading Linux decides before writing anything, shared by [`Self::load_linux`] and
+    /// [`Self::check_linux_image`]: the region's layout around the ACPI view, where the kernel
+    /// and the initrd go, and the command line (without its NUL), checked against the kernel's
+    /// limit.
+    fn plan_linux(
+        &self,
+        res: &super::Resources,
+        spec: &crate::bundle::Instance,
+        view_spec: &ViewSpec<'_>,
+        kernel: &bzimage::Kernel,
+        initrd_len: u64,
+    ) -> Result<(LinuxLayout, bzimage::Placement, Vec<u8>), StartError> {
+        let linux = StartError::Linux;
         let acpi_len =
-            acpiview::size(&view_spec).map_err(|e| linux(linuxboot::LinuxError::Acpi(e)))?;
+            acpiview::size(view_spec).map_err(|e| linux(linuxboot::LinuxError::Acpi(e)))?;
         let region = res.region;
         let layout = LinuxLayout::new(region.start, region.len(), acpi_len as u64)
             .ok_or(linux(linuxboot::LinuxError::RegionTooSmall { memory: region.len() }))?;
-        bzimage::place(&kernel, region.start, layout.kernel_limit(), initrd_len)
+        let placed = bzimage::place(kernel, region.start, layout.kernel_limit(), initrd_len)
             .map_err(|e| linux(linuxboot::LinuxError::Place(e)))?;
         let defaults = linuxboot::default_cmdline(
             spec.devices.first().copied(),
@@ -220,14 +215,15 @@ impl<M: Machine> Supervisor<'_, M> {
             initrd_len > 0,
             layout.native.status,
         );
-        let len = linuxboot::cmdline(&defaults, &spec.cmdline).len();
-        if len > kernel.cmdline_size as usize {
+        let cmdline = linuxboot::cmdline(&defaults, &spec.cmdline).into_bytes();
+        if cmdline.len() > kernel.cmdline_size as usize {
+            let len = cmdline.len();
             return Err(linux(linuxboot::LinuxError::CmdlineTooLong {
                 len,
                 max: kernel.cmdline_size,
             }));
         }
-        Ok(())
+        Ok((layout, placed, cmdline))
     }
 }
 
