@@ -270,10 +270,10 @@ impl<'a, M: Machine> Supervisor<'a, M> {
         if self.instances[i].resources.is_none() {
             return refuse(SwapError::NeverRuns.to_string());
         }
-        if let Some(t) = &self.transfer {
+        let now = self.m.now_us();
+        if let Some(t) = self.transfer.as_mut() {
             if t.instance == i && t.size == size && t.sha256 == sha256 {
-                let t = self.transfer.as_mut().expect("checked above");
-                t.last_us = self.m.now_us();
+                t.last_us = now;
                 return Reply::Ready {
                     name: name.into(),
                     size,
@@ -364,9 +364,9 @@ impl<'a, M: Machine> Supervisor<'a, M> {
                         why: alloc::format!("{len} bytes, chunk {index} has {want}"),
                     };
                 }
-                let (id, ok) = (t.id, true);
+                let id = t.id;
                 let written = self.store.as_mut().is_some_and(|s| s.write(id, at, &buf[..len]));
-                if !(ok && written) {
+                if !written {
                     return Reply::Error(String::from("the store lost the image's room"));
                 }
                 if let Some(t) = self.transfer.as_mut() {
