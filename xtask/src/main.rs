@@ -504,6 +504,9 @@ fn script_steps(
         steps.push(match a {
             Action::Type { wait_for, text } => qemu::InputStep::new(wait_for, text),
             Action::Keys { wait_for, keys } => qemu::InputStep::keys(wait_for, keys),
+            Action::TypeAfterDevice { device, wait_for, text } => {
+                qemu::InputStep::on_device(device, wait_for, text)
+            }
             Action::Screenshot { wait_for, name } => qemu::InputStep::screenshot(wait_for, name),
             Action::End { wait_for } => qemu::InputStep::end(wait_for),
             Action::Push(p) => {
@@ -637,16 +640,11 @@ fn cmd_test(filter: Option<&str>, no_host: bool, no_lint: bool) -> anyhow::Resul
             return Ok(ExitCode::FAILURE);
         }
     }
-    let (selected, long): (Vec<_>, Vec<_>) = scenarios::all()
+    let selected: Vec<_> = scenarios::all()
         .into_iter()
         .filter(|s| filter.is_none_or(|f| s.name.contains(f)))
-        // A long scenario runs only when the filter names it from its start
-        // (`--filter push-linux`), not when it merely matches (`--filter uefi`).
-        .partition(|s| !s.long || filter.is_some_and(|f| s.name.starts_with(f)));
+        .collect();
     println!("== QEMU scenarios ({} selected)", selected.len());
-    for s in &long {
-        println!("SKIP {}: a long scenario; run it with --filter {}", s.name, s.name);
-    }
     let mut kernels = std::collections::HashMap::new();
     let payloads = payloads::build_all(&build::root(), &build::target_dir())?;
     let qemu_version = prereq::qemu_version();
