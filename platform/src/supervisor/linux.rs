@@ -48,12 +48,7 @@ impl<M: Machine> Supervisor<'_, M> {
         let kernel = bzimage::parse(image).map_err(StartError::BzImage)?;
         let region = res.region;
         let uarts: Vec<u16> = spec.devices.iter().map(|d| d.io_base()).collect();
-        let view_spec = ViewSpec {
-            cpus: &res.cpus,
-            uarts: &uarts,
-            lapic_base: self.facts.lapic_base,
-            oem_id: OEM_ID,
-        };
+        let view_spec = self.view_spec(&res.cpus, &uarts);
         let (layout, placed, mut cmdline) =
             self.plan_linux(&res, &spec, &view_spec, &kernel, initrd.len() as u64)?;
         cmdline.push(0);
@@ -180,13 +175,13 @@ impl<M: Machine> Supervisor<'_, M> {
             .ok_or(StartError::StoredImageGone { id })?;
         let kernel = bzimage::parse(image).map_err(StartError::BzImage)?;
         let uarts: Vec<u16> = spec.devices.iter().map(|d| d.io_base()).collect();
-        let view_spec = ViewSpec {
-            cpus: &res.cpus,
-            uarts: &uarts,
-            lapic_base: self.facts.lapic_base,
-            oem_id: OEM_ID,
-        };
+        let view_spec = self.view_spec(&res.cpus, &uarts);
         self.plan_linux(&res, &spec, &view_spec, &kernel, initrd_len).map(|_| ())
+    }
+
+    /// The private ACPI view a Linux instance on `cpus` with `uarts` gets.
+    fn view_spec<'s>(&self, cpus: &'s [u32], uarts: &'s [u16]) -> ViewSpec<'s> {
+        ViewSpec { cpus, uarts, lapic_base: self.facts.lapic_base, oem_id: OEM_ID }
     }
 
     /// What loading Linux decides before writing anything, shared by [`Self::load_linux`] and
