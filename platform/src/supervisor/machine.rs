@@ -108,8 +108,14 @@ impl<T: Phys + Clock + Ipi + Sink + Devices> Machine for T {}
 impl<C: Clock> crate::apstart::Delay for C {
     fn delay_us(&mut self, us: u64) {
         let end = self.now_us().saturating_add(us);
-        while self.now_us() < end {
-            self.wait_us(end - self.now_us());
+        // One reading per turn: the clock moves between two readings, so a second one could
+        // be past `end` after the first was not (found by CI: an overflow panic).
+        loop {
+            let now = self.now_us();
+            if now >= end {
+                break;
+            }
+            self.wait_us(end - now);
         }
     }
 }
@@ -126,5 +132,42 @@ impl<P: Phys> loader::PhysMemory for LoaderMemory<'_, P> {
         self.0
             .fill(paddr, len, byte)
             .map_err(|e| loader::MemoryError { paddr: e.paddr, len: e.len })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apstart::Delay;
+    use core::cell::Cell;
+
+    /// A clock that moves on every reading, as a real one does between two instructions.
+    struct Moving {
+        now: Cell<u64>,
+        step: u64,
+    }
+
+    impl Clock for Moving {
+        fn now_us(&self) -> u64 {
+            self.now.set(self.now.get() + self.step);
+            self.now.get()
+        }
+        fn wait_us(&mut self, us: u64) {
+            self.now.set(self.now.get() + us);
+        }
+        fn tsc_to_us(&self, tsc: u64) -> u64 {
+            tsc
+        }
+    }
+
+    #[test]
+    fn a_delay_survives_a_clock_that_moves_between_readings() {
+        // With step 7 and a 10 µs delay, the second reading of a turn lands past the end
+        // although the first did not: the subtraction must use one reading.
+        for step in 1..20 {
+            let mut c = Moving { now: Cell::new(0), step };
+            c.delay_us(10);
+            assert!(c.now.get() >= 10);
+        }
     }
 }
