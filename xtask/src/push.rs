@@ -215,11 +215,15 @@ fn check(name: &str, image: &[u8], v: &HostView) -> anyhow::Result<()> {
                     return Ok(());
                 }
             };
-            let layout = bootproto::layout::Layout::new(base, v.memory, v.cpus.max(1))
-                .context("the instance's region cannot hold its shared pages")?;
-            let (load_base, load_len) = layout.load_area();
-            loader::plan(image, loader::Region::new(load_base, load_len))
-                .map_err(|e| anyhow::anyhow!("image refused for instance '{name}': {e}"))?;
+            let region = platform::memmap::Range::new(base, base.saturating_add(v.memory));
+            platform::supervisor::plan_native(region, v.cpus.max(1), image).map_err(
+                |e| match e {
+                    platform::supervisor::StartError::Image(e) => {
+                        anyhow::anyhow!("image refused for instance '{name}': {e}")
+                    }
+                    e => anyhow::anyhow!("instance '{name}': {e}"),
+                },
+            )?;
         }
     }
     Ok(())

@@ -17,8 +17,6 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
 
-use bootproto::layout::Layout;
-
 use crate::bundle::Protocol;
 use crate::lifecycle::State;
 use crate::memmap::Range;
@@ -433,13 +431,8 @@ impl<'a, M: Machine> Supervisor<'a, M> {
         if self.instances[i].spec.protocol == Protocol::Linux {
             return self.check_linux_image(i, id);
         }
-        let cpus = res.cpus.len() as u64;
-        let layout = Layout::new(res.region.start, res.region.len(), cpus)
-            .ok_or(StartError::Layout { region: res.region.len(), cpus })?;
-        let (load_base, load_len) = layout.load_area();
-        let image = stored_bytes(&self.store, id).unwrap_or(&[]);
-        loader::plan(image, loader::Region::new(load_base, load_len)).map_err(StartError::Image)?;
-        Ok(())
+        let image = stored_bytes(&self.store, id).ok_or(StartError::StoredImageGone { id })?;
+        super::load::plan_native(res.region, res.cpus.len() as u64, image).map(|_| ())
     }
 
     /// Drops the transfer under way, freeing its room.

@@ -70,16 +70,11 @@ impl<'a, M: Machine> Supervisor<'a, M> {
         else {
             return Err(StartError::Transition(crate::lifecycle::TransitionError::Refused));
         };
-        let cpus = res.cpus.len() as u64;
         let region = res.region;
-        let layout = Layout::new(region.start, region.len(), cpus)
-            .ok_or(StartError::Layout { region: region.len(), cpus })?;
         let source = self.instances[i].image;
         let bundle = self.bundle_image(i)?;
-        let (load_base, load_len) = layout.load_area();
         let image = pick(source, bundle, &self.store)?;
-        let plan = loader::plan(image, loader::Region::new(load_base, load_len))
-            .map_err(StartError::Image)?;
+        let (layout, plan) = plan_native(region, res.cpus.len() as u64, image)?;
         // Its channels: headers written once, its side's epoch moved on, mapped below.
         let channel_infos = self.prepare_channels(i)?;
         let channels_regions = self.channel_regions(i);
@@ -295,6 +290,22 @@ impl<'a, M: Machine> Supervisor<'a, M> {
         }
         Ok(())
     }
+}
+
+/// Where a native (multikernel or `none`) image goes in `region` on `cpus` CPUs: the region's
+/// layout and the loader's plan against its load area. The one rule the boot, a pushed
+/// image's check and `cargo xtask push` on the host all apply.
+pub fn plan_native(
+    region: Range,
+    cpus: u64,
+    image: &[u8],
+) -> Result<(Layout, loader::LoadPlan), StartError> {
+    let layout = Layout::new(region.start, region.len(), cpus)
+        .ok_or(StartError::Layout { region: region.len(), cpus })?;
+    let (load_base, load_len) = layout.load_area();
+    let plan =
+        loader::plan(image, loader::Region::new(load_base, load_len)).map_err(StartError::Image)?;
+    Ok((layout, plan))
 }
 
 /// The physical address of CPU table entry `index`.

@@ -68,6 +68,7 @@ pub use error::{
 pub use events::{Event, Level};
 pub use images::{ImageFacts, ImageSource, ImageStore, StoredImage, SwapError, Swapped};
 pub use instance::{BoundedLog, Console, Fault, Instance, Loaded, Resources};
+pub use load::plan_native;
 pub use machine::{Clock, Devices, Machine, MemError, Phys, Sink};
 
 /// How long the supervisor waits between looks at the instances while supervising.
