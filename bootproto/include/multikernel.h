@@ -444,37 +444,6 @@ static inline void mk_irq_init(const struct mk_boot_info *bi) {
     mk_apic_write(0x320u, MK_TIMER_VECTOR);            /* LVT timer: one-shot, unmasked */
 }
 
-/* Waits until the TSC reaches `deadline`, halting where the timer is usable. */
-static inline void mk_wait_until(uint64_t deadline) {
-    for (;;) {
-        uint64_t now = mk_rdtsc();
-        if (now >= deadline) {
-            break;
-        }
-        uint64_t left_us = (deadline - now) / (mk_tsc_rate / 1000000u + 1u);
-        if (mk_apic_mode == 0 || left_us < 20u) {
-            while (mk_rdtsc() < deadline) {
-                __asm__ volatile("pause");
-            }
-            break;
-        }
-        uint64_t count = left_us * (mk_apic_timer_hz / 1000000u);
-        mk_apic_write(0x380u, count > 0xffffffffull ? 0xffffffffu : (uint32_t)(count + 1u));
-        __asm__ volatile("sti; hlt; cli" ::: "memory");
-    }
-    if (mk_apic_mode != 0) {
-        mk_apic_write(0x380u, 0u);
-    }
-}
-
-/* Waits `ms` milliseconds (call mk_irq_init first for a halting wait). */
-static inline void mk_wait_ms(uint64_t ms) {
-    if (mk_tsc_rate == 0) {
-        mk_tsc_rate = 1000000000ull;
-    }
-    mk_wait_until(mk_rdtsc() + mk_tsc_rate / 1000u * ms);
-}
-
 /* Halts once: until any interrupt (a doorbell) or the TSC reaches `deadline`. */
 static inline void mk_halt_once_until(uint64_t deadline) {
     uint64_t now = mk_rdtsc();
@@ -492,6 +461,22 @@ static inline void mk_halt_once_until(uint64_t deadline) {
     mk_apic_write(0x380u, count > 0xffffffffull ? 0xffffffffu : (uint32_t)(count + 1u));
     __asm__ volatile("sti; hlt; cli" ::: "memory");
     mk_apic_write(0x380u, 0u);
+}
+
+/* Waits until the TSC reaches `deadline`, halting where the timer is usable (an interrupt
+ * that ends a halt early only starts another). */
+static inline void mk_wait_until(uint64_t deadline) {
+    while (mk_rdtsc() < deadline) {
+        mk_halt_once_until(deadline);
+    }
+}
+
+/* Waits `ms` milliseconds (call mk_irq_init first for a halting wait). */
+static inline void mk_wait_ms(uint64_t ms) {
+    if (mk_tsc_rate == 0) {
+        mk_tsc_rate = 1000000000ull;
+    }
+    mk_wait_until(mk_rdtsc() + mk_tsc_rate / 1000u * ms);
 }
 
 /* ---- Channels (docs/boot-protocol.md, "Channels"; the same rings as bootproto::channel) ----
