@@ -67,6 +67,29 @@ pub(super) fn check_settings(src: &mut Source<'_>, value: &Spanned<DeValue<'_>>)
     settings
 }
 
+/// The `index`-th `[[kind]]` table read into its raw form, with how messages name it
+/// (`instance 'web'`, or `channel #2` when it has no readable name); a table that does not
+/// read (an unknown key, a wrong type) is reported and `None`.
+fn open_table<'de, T: Deserialize<'de>>(
+    src: &mut Source<'_>,
+    kind: &str,
+    index: usize,
+    value: &Spanned<DeValue<'de>>,
+) -> Option<(String, T)> {
+    let declared = value.get_ref().get("name").and_then(|n| n.get_ref().as_str());
+    let who = match declared {
+        Some(n) => format!("{kind} '{n}'"),
+        None => format!("{kind} #{}", index + 1),
+    };
+    match T::deserialize(value.clone().into_deserializer()) {
+        Ok(raw) => Some((who, raw)),
+        Err(e) => {
+            src.error(e.span().unwrap_or(value.span()), format!("{who}: {}", e.message()));
+            None
+        }
+    }
+}
+
 /// An instance that passed its own checks, with the places the cross-checks point at.
 pub(super) struct Checked {
     pub(super) spec: InstanceSpec,
@@ -85,18 +108,7 @@ pub(super) fn check_instance(
     value: &Spanned<DeValue<'_>>,
 ) -> Option<Checked> {
     let table_span = value.span();
-    let declared_name = value.get_ref().get("name").and_then(|n| n.get_ref().as_str());
-    let who = match declared_name {
-        Some(n) => format!("instance '{n}'"),
-        None => format!("instance #{}", index + 1),
-    };
-    let raw = match RawInstance::deserialize(value.clone().into_deserializer()) {
-        Ok(raw) => raw,
-        Err(e) => {
-            src.error(e.span().unwrap_or(table_span), format!("{who}: {}", e.message()));
-            return None;
-        }
-    };
+    let (who, raw) = open_table::<RawInstance>(src, "instance", index, value)?;
     let before = src.error_count();
 
     let name = check_name(src, &who, &table_span, raw.name);
@@ -863,18 +875,7 @@ pub(super) fn check_channel(
     instances: &[ChannelEnd<'_>],
 ) -> Option<CheckedChannel> {
     let table_span = value.span();
-    let declared = value.get_ref().get("name").and_then(|n| n.get_ref().as_str());
-    let who = match declared {
-        Some(n) => format!("channel '{n}'"),
-        None => format!("channel #{}", index + 1),
-    };
-    let raw = match super::raw::RawChannel::deserialize(value.clone().into_deserializer()) {
-        Ok(raw) => raw,
-        Err(e) => {
-            src.error(e.span().unwrap_or(table_span), format!("{who}: {}", e.message()));
-            return None;
-        }
-    };
+    let (who, raw) = open_table::<super::raw::RawChannel>(src, "channel", index, value)?;
     let before = src.error_count();
     let name = check_name(src, &who, &table_span, raw.name);
     let mut between = [0usize; 2];
