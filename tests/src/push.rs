@@ -62,6 +62,21 @@ pub struct PushReport {
     pub swap: Option<String>,
 }
 
+/// `N bytes in S s (R KiB/s, C chunks, K sent again)`: the figures of a transfer.
+impl std::fmt::Display for PushReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} bytes in {:.2} s ({:.1} KiB/s, {} chunks, {} sent again)",
+            self.bytes,
+            self.elapsed.as_secs_f64(),
+            self.rate() / 1024.0,
+            self.chunks,
+            self.resends
+        )
+    }
+}
+
 impl PushReport {
     /// Image bytes per second over the transfer.
     pub fn rate(&self) -> f64 {

@@ -88,14 +88,7 @@ pub fn run(opts: Options) -> anyhow::Result<ExitCode> {
     };
     bar.finish_and_clear();
     let report = result?;
-    println!(
-        "push: {} bytes in {:.2} s ({:.1} KiB/s, {} chunks, {} sent again)",
-        report.bytes,
-        report.elapsed.as_secs_f64(),
-        report.rate() / 1024.0,
-        report.chunks,
-        report.resends
-    );
+    println!("push: {report}");
     println!("push: {}", report.outcome);
     match &report.swap {
         Some(s) if s.starts_with("swapped") => println!("push: {s}"),
