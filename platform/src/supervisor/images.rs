@@ -304,25 +304,22 @@ impl<'a, M: Machine> Supervisor<'a, M> {
         if id.is_none() {
             if let Some(old) = self.instances[i].next_image.take() {
                 self.release_image(old);
+                id = self.store.as_mut().and_then(|s| s.allocate(name, len, sha256));
             }
         }
-        let Some(store) = self.store.as_mut() else { return refuse(String::new()) };
-        if id.is_none() {
-            id = store.allocate(name, len, sha256);
-        }
         let Some(id) = id else {
+            let store = self.store.as_ref();
             let kept: Vec<String> = store
-                .images
                 .iter()
+                .flat_map(|s| &s.images)
                 .map(|s| alloc::format!("{} {} bytes", s.instance, s.size))
                 .collect();
             return refuse(alloc::format!(
                 "the image store has no free run of {size} bytes (largest {}, kept: {})",
-                store.largest_free(),
+                store.map_or(0, ImageStore::largest_free),
                 if kept.is_empty() { String::from("none") } else { kept.join(", ") }
             ));
         };
-        let now = self.m.now_us();
         let chunks = Chunks::new(size);
         let count = chunks.count();
         self.transfer =
