@@ -27,6 +27,13 @@ pub struct Shell {
     active: bool,
 }
 
+/// A fresh prompt, except during an image transfer: its sender reads answers, not prompts.
+fn prompt_unless_transferring<M: Machine>(sup: &Supervisor<'_, M>) {
+    if sup.transfer_progress().is_none() {
+        show_prompt("");
+    }
+}
+
 fn show_prompt(typed: &str) {
     serial::print(format_args!("{PROMPT}{typed}"));
     serial::PROMPT_SHOWN.store(true, Ordering::Relaxed);
@@ -87,9 +94,7 @@ impl Shell {
                     };
                     serial::PROMPT_SHOWN.store(false, Ordering::Relaxed);
                     println!("{reply}");
-                    if sup.transfer_progress().is_none() {
-                        show_prompt("");
-                    }
+                    prompt_unless_transferring(sup);
                 }
                 Edit::Line(line) => {
                     serial::PROMPT_SHOWN.store(false, Ordering::Relaxed);
@@ -105,9 +110,7 @@ impl Shell {
                     if sup.quit {
                         return;
                     }
-                    if sup.transfer_progress().is_none() {
-                        show_prompt("");
-                    }
+                    prompt_unless_transferring(sup);
                 }
             }
             if budget == 0 {
