@@ -352,6 +352,9 @@ fn send_keys(socket: &Path, keys: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long the console may wait for a `console.sock` client to take its output.
+const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Streams that receive the console's output as it arrives (clients of `console.sock`).
 type Clients = Arc<Mutex<Vec<std::os::unix::net::UnixStream>>>;
 
@@ -382,6 +385,11 @@ fn serve_console_socket(
             let (Ok(mut from_client), Ok(to_client)) = (conn.try_clone(), conn.try_clone()) else {
                 continue;
             };
+            // A client that stops reading is dropped after this long, rather than stalling the
+            // console capture (and with it QEMU) behind a full socket buffer.
+            if to_client.set_write_timeout(Some(CLIENT_WRITE_TIMEOUT)).is_err() {
+                continue;
+            }
             clients.lock().expect("console clients lock").push(to_client);
             let stdin = Arc::clone(&stdin);
             std::thread::spawn(move || {
